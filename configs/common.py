@@ -1,0 +1,81 @@
+"""Shared pieces of the config files (configs import this; robustjax never does).
+
+``parse_arg("trades,smoke,model=resnet18")`` -> a dict of the ``k=v`` pairs
+with bare words set to True, so ``--config=configs/at.py:trades,smoke`` works.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+EPS = 8 / 255
+
+
+def parse_arg(arg: str | None, **defaults) -> dict:
+  """Parses ``a=1,b,c=x`` into ``{"a": 1, "b": True, "c": "x"}`` over
+  ``defaults`` (values cast to the default's type); a bare word that is not a
+  key of ``defaults`` becomes ``{word: True}``."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep:
+      out[key] = True
+    elif key in defaults and defaults[key] is not None:
+      kind = type(defaults[key])
+      out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool \
+          else kind(value)
+    else:
+      out[key] = value
+  return out
+
+
+def pgd_attack(steps: int, eps: float = EPS, step_size: float = 2 / 255,
+               restarts: int = 1) -> ml_collections.ConfigDict:
+  """An L-inf PGD evaluation attack with random start (CE loss)."""
+  return ml_collections.ConfigDict(dict(
+      eps=eps, step_size=step_size, steps=steps, restarts=restarts,
+      norm="linf", loss="ce", random_start=True))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every training key with its default; experiment files override it."""
+  c = ml_collections.ConfigDict()
+  c.task = "train"
+  c.seed = 0
+  c.num_devices = 0          # 0 = all devices
+  c.batch_size = 128
+  c.num_epochs = 1.0
+  c.num_steps = 0            # > 0 overrides num_epochs
+  c.log_every = 50
+  c.progress_bar = True
+  c.model = dict(name="resnet18", width=1.0)
+  c.dataset = dict(name="cifar10", source="embedded", data_dir="",
+                   val_size=0, val_seed=0, augment=True)
+  c.objective = dict(name="pgd_at", eps=EPS, step_size=2 / 255, steps=10,
+                     beta=6.0, random_start=True)
+  c.optimizer = dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                     weight_decay_on="all", schedule="piecewise",
+                     boundaries=(0.5, 0.75), decay=0.1, warmup_steps=0,
+                     peak_fraction=0.4)
+  c.eval = dict(every_steps=1000, num_examples=1000, batch_size=500,
+                attack=pgd_attack(10))
+  c.final_eval = dict(num_examples=0, batch_size=500, attack=pgd_attack(20))
+  c.checkpoint = dict(every_steps=500, max_to_keep=2, best_metric="adv_acc",
+                      async_save=True)
+  return c
+
+
+def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The ``smoke`` variant: same code paths, done in well under a minute on
+  one CPU core (tiny model, a few steps, few evaluation points)."""
+  c.model.name, c.model.width = "small_cnn", 0.25
+  c.batch_size = 32
+  c.num_steps = 6
+  c.log_every = 2
+  c.objective.steps = min(int(c.objective.get("steps", 1)), 2)
+  c.eval.update(every_steps=3, num_examples=64, batch_size=32)
+  c.eval.attack.steps = 2
+  c.final_eval.update(num_examples=64, batch_size=32)
+  c.final_eval.attack.steps = 3
+  c.checkpoint.every_steps = 3
+  return c

@@ -1,0 +1,70 @@
+"""Entry point: ``python launch.py --config=configs/NAME.py[:ARG] --workdir=DIR``.
+
+Override any config field with ``--config.key=value`` (e.g.
+``--config.optimizer.lr=0.05``). ``config.task`` picks what runs (``train``,
+``evaluate``); see ``robustjax/tasks.py``. Bad input stops with one line on
+stderr and exit code 2, before anything in the workdir is written.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/quickstart.py or "
+    "configs/at.py:trades,smoke.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run folder: checkpoints, metrics.jsonl, report.json.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host "
+    "runs on TPU pods / GPU clusters; it auto-detects the cluster).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  import jax
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  from robustjax import console, tasks
+  from robustjax.errors import ConfigError
+  console.quiet_third_party_info()
+  try:
+    try:
+      config = _CONFIG.value
+      config.get("task")  # the config file loads lazily: fail here, clearly
+    except OSError as err:
+      raise ConfigError(f"cannot load the config file: {str(err).splitlines()[-1].strip()}") from err
+    report = tasks.run(config, _WORKDIR.value)
+  except ConfigError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+  summary = {k: v for k, v in report.items() if k.endswith("acc")}
+  print("report:", os.path.join(_WORKDIR.value, "report.json"), summary)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with one-line errors for bad config overrides."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as err:
+    print(f"error: {err}\nusage: python launch.py --config=configs/NAME.py"
+          "[:ARG] --workdir=DIR [--config.key=value ...]", file=sys.stderr)
+  except (AttributeError, KeyError, TypeError, ValueError) as err:
+    # ml_collections raises these while applying --config.key=value.
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    detail = str(err).strip("\"' ")
+    if isinstance(err, (AttributeError, KeyError)):
+      detail = f"the config has no key {detail!r}"
+    print(f"error: bad config override {' '.join(overrides)}: {detail}; "
+          "the keys are listed in the config file", file=sys.stderr)
+  sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,423 @@
+"""FGSM, PGD and the projected-gradient-ascent engine they share.
+
+Attacks are pure functions of a *logits function* ``logits_fn(x) -> [B, C]``,
+so they know nothing about Flax: the caller closes over params and BatchNorm
+statistics in inference mode, e.g.
+``logits_fn = lambda x: model.apply(variables, x, train=False)``. Attacks
+therefore never update ``batch_stats``.
+
+Conventions:
+  * Images are NHWC (any ``[B, ...]`` shape works) floats in [0, 1]; ``eps``
+    and ``step_size`` are in pixel units (8/255, not 0.031).
+  * Every iterate, including the random start, is projected onto the eps
+    ball around ``x`` and clipped to [0, 1].
+  * All hyper-parameters are Python values checked at trace time, so the
+    attacks run inside the caller's ``jax.jit`` and bad values raise
+    ``ConfigError`` before anything compiles.
+  * Step and restart loops are unrolled Python loops: XLA:CPU runs
+    ``lax.fori_loop`` about 6x slower on this workload (DESIGN.md, Pitfalls).
+    Compile time grows with ``steps * restarts``, which is fine for the short
+    loops of training (PGD-10) and evaluation (PGD-20..100).
+  * The returned examples are ``stop_gradient``-ed: a training loss
+    differentiated w.r.t. params never back-propagates into the attack.
+  * Gradients are taken of the objective summed over the batch, which is the
+    per-example gradient as long as ``logits_fn`` treats examples
+    independently (true for eval-mode BatchNorm, false for train-mode BN).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robustjax.attacks.losses import (LOSSES, cross_entropy, cw_margin,
+                                      targeted_dlr)
+from robustjax.errors import ConfigError
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+ObjectiveFn = Callable[[jax.Array], jax.Array]
+
+NORMS = ("linf", "l2")
+INITS = ("uniform", "normal", "zero")
+# x + TRADES_INIT_SCALE * N(0, 1) is the start point of TRADES
+# (yaodongyu/TRADES trades.py); the default for init='normal'.
+TRADES_INIT_SCALE = 0.001
+# FGSM-RS step of Wong et al. 2020 ("Fast is better than free"): alpha = 1.25
+# eps (10/255 for eps = 8/255); larger steps lead to catastrophic overfitting.
+FGSM_RS_STEP_RATIO = 1.25
+
+
+# ---------------------------------------------------------------------------
+# Validation. Everything here runs on Python values at trace time.
+
+
+def _static_float(name: str, value: Any) -> float:
+  """``value`` as a Python float, or a one-line ConfigError."""
+  if isinstance(value, jax.core.Tracer):
+    raise ConfigError(
+        f"{name} must be a Python number, not a traced array: attack "
+        f"hyper-parameters are static (close over them or mark them static)")
+  if isinstance(value, bool) or not isinstance(
+      value, (numbers.Real, np.ndarray, jax.Array)):
+    raise ConfigError(f"{name} must be a number, got {value!r}")
+  out = float(value)
+  if not math.isfinite(out):
+    raise ConfigError(f"{name} must be finite, got {out}")
+  return out
+
+
+def _static_int(name: str, value: Any, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ConfigError(f"{name} must be a Python int, got {value!r}")
+  if value < minimum:
+    raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+  return int(value)
+
+
+def _check_eps(eps: Any) -> float:
+  eps = _static_float("eps", eps)
+  if not 0.0 <= eps <= 1.0:
+    raise ConfigError(
+        f"eps={eps} is outside [0, 1]; eps is in pixel units of [0, 1] "
+        f"images (e.g. 8/255 = {8 / 255:.5f})")
+  return eps
+
+
+def _check_step_size(step_size: Any) -> float:
+  step_size = _static_float("step_size", step_size)
+  if step_size < 0:
+    raise ConfigError(f"step_size must be >= 0, got {step_size}")
+  return step_size
+
+
+def _check_choice(name: str, value: Any, choices) -> str:
+  if not isinstance(value, str) or value not in choices:
+    raise ConfigError(
+        f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+  return value
+
+
+def _check_images(x: jax.Array) -> jax.Array:
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating) or x.ndim < 2:
+    raise ConfigError(
+        f"x must be a float batch [B, ...] of images in [0, 1], got "
+        f"{x.dtype}{tuple(x.shape)}; convert uint8 images with x / 255")
+  return x
+
+
+def _check_labels(name: str, labels: Any, x: jax.Array) -> jax.Array:
+  labels = jnp.asarray(labels)
+  if labels.shape != x.shape[:1] or not jnp.issubdtype(
+      labels.dtype, jnp.integer):
+    raise ConfigError(
+        f"{name} must be int [B] with B={x.shape[0]}, got "
+        f"{labels.dtype}{tuple(labels.shape)}")
+  return labels
+
+
+# ---------------------------------------------------------------------------
+# Geometry of the threat models.
+
+
+def _per_example_norm(v: jax.Array) -> jax.Array:
+  """L2 norm over all non-batch axes, shape ``[B, 1, ..., 1]``."""
+  return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)),
+                          keepdims=True))
+
+
+def _safe_normalize(v: jax.Array) -> jax.Array:
+  """``v / ||v||_2`` per example; exactly 0 where ``v`` is 0 (no NaN)."""
+  n = _per_example_norm(v)
+  return v / jnp.where(n > 0, n, 1.0)
+
+
+def _project(x_adv: jax.Array, x: jax.Array, eps: float,
+             norm: str) -> jax.Array:
+  """Projects onto the eps ball around ``x``, then clips to [0, 1].
+
+  Clipping after the ball projection never leaves the ball: ``x`` is in
+  [0, 1], so clipping moves each coordinate towards ``x``.
+  """
+  delta = x_adv - x
+  if norm == "linf":
+    delta = jnp.clip(delta, -eps, eps)
+  else:
+    n = _per_example_norm(delta)
+    # Rescale only the examples outside the ball; the inner `where` keeps the
+    # division finite for delta = 0 (and for eps = 0).
+    delta = delta * jnp.where(n > eps, eps / jnp.where(n > 0, n, 1.0), 1.0)
+  return jnp.clip(x + delta, 0.0, 1.0)
+
+
+def _ascent_direction(g: jax.Array, norm: str) -> jax.Array:
+  """The steepest-ascent unit step for the norm: sign(g) or g / ||g||_2."""
+  if norm == "linf":
+    return jnp.sign(g)
+  return _safe_normalize(g)
+
+
+def _initial_point(x: jax.Array, key: jax.Array | None, eps: float,
+                   norm: str, init: str, init_scale: float) -> jax.Array:
+  """The start point, already projected and clipped."""
+  if init == "zero":
+    return x
+  if init == "normal":
+    # TRADES starts at x + 0.001 N(0, 1) without clipping; we project it like
+    # every other iterate so the first gradient is taken on a valid image.
+    return _project(x + init_scale * jax.random.normal(key, x.shape, x.dtype),
+                    x, eps, norm)
+  if norm == "linf":
+    delta = jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
+  else:
+    # Uniform in the L2 ball: a uniform direction (normalised Gaussian) times
+    # a radius eps * U^(1/d), d the input dimension. In image dimensions this
+    # radius is close to eps, i.e. near the sphere, as in Madry et al.'s
+    # robustness library.
+    k_dir, k_rad = jax.random.split(key)
+    direction = _safe_normalize(jax.random.normal(k_dir, x.shape, x.dtype))
+    d = math.prod(x.shape[1:])
+    u = jax.random.uniform(k_rad, (x.shape[0],) + (1,) * (x.ndim - 1),
+                           x.dtype)
+    delta = direction * (eps * u ** (1.0 / d))
+  return _project(x + delta, x, eps, norm)
+
+
+# ---------------------------------------------------------------------------
+# The engine.
+
+
+def projected_gradient_ascent(objective_fn: ObjectiveFn,
+                              x: jax.Array,
+                              *,
+                              key: jax.Array | None,
+                              eps: float,
+                              step_size: float,
+                              steps: int,
+                              norm: str = "linf",
+                              init: str = "uniform",
+                              init_scale: float | None = None) -> jax.Array:
+  """Maximises a per-example objective over the eps ball around ``x``.
+
+  The generic engine behind FGSM, PGD and the inner maximisations of the
+  training objectives (TRADES maximises a KL divergence, not a label loss).
+
+  Args:
+    objective_fn: ``x_adv [B, ...] -> [B]`` objective to MAXIMISE per example;
+      the engine differentiates its sum over the batch.
+    x: ``[B, H, W, C]`` (any ``[B, ...]``) float images in [0, 1].
+    key: PRNG key for the start point; may be None when ``init='zero'``.
+    eps: radius of the ball, in [0, 1] pixel units.
+    step_size: Linf: ``x + step_size * sign(g)``; L2:
+      ``x + step_size * g / ||g||_2`` per example.
+    steps: number of gradient steps, unrolled (0 returns the start point).
+    norm: ``'linf'`` or ``'l2'``.
+    init: ``'uniform'`` (uniform in the ball), ``'normal'``
+      (``x + init_scale * N(0, 1)``) or ``'zero'`` (start at ``x``).
+    init_scale: standard deviation for ``init='normal'``; defaults to 0.001,
+      the TRADES value.
+
+  Returns:
+    ``x_adv``, same shape and dtype as ``x``, within the ball and [0, 1],
+    with ``stop_gradient`` applied.
+  """
+  eps = _check_eps(eps)
+  step_size = _check_step_size(step_size)
+  steps = _static_int("steps", steps, 0)
+  norm = _check_choice("norm", norm, NORMS)
+  init = _check_choice("init", init, INITS)
+  if init_scale is None:
+    init_scale = TRADES_INIT_SCALE
+  init_scale = _static_float("init_scale", init_scale)
+  if init != "zero" and key is None:
+    raise ConfigError(f"init={init!r} needs a PRNG key; pass key= or "
+                      f"use init='zero'")
+  x = _check_images(x)
+
+  x_adv = _initial_point(x, key, eps, norm, init, init_scale)
+  grad_fn = jax.grad(lambda z: jnp.sum(objective_fn(z)))
+  for _ in range(steps):  # unrolled on purpose, see the module docstring
+    g = grad_fn(x_adv)
+    x_adv = _project(x_adv + step_size * _ascent_direction(g, norm), x, eps,
+                     norm)
+  return jax.lax.stop_gradient(x_adv.astype(x.dtype))
+
+
+# ---------------------------------------------------------------------------
+# Label attacks.
+
+
+def _success(logits: jax.Array, y: jax.Array,
+             target: jax.Array | None) -> jax.Array:
+  pred = jnp.argmax(logits, axis=-1)
+  return pred != y if target is None else pred == target
+
+
+def attack_success(logits_fn: LogitsFn,
+                   x_adv: jax.Array,
+                   y: jax.Array,
+                   target: jax.Array | None = None) -> jax.Array:
+  """Whether each adversarial example fools the model.
+
+  Args:
+    logits_fn: ``[B, ...] -> [B, C]`` in inference mode.
+    x_adv: ``[B, ...]`` adversarial images.
+    y: ``[B]`` int true labels.
+    target: optional ``[B]`` int target classes.
+
+  Returns:
+    ``[B]`` bool: misclassified (untargeted) or classified as ``target``.
+  """
+  return _success(logits_fn(x_adv), y, target)
+
+
+def _label_objective(loss: str, y: jax.Array, targeted: bool,
+                     target: jax.Array | None
+                    ) -> Callable[[jax.Array], jax.Array]:
+  """``logits [B, C] -> [B]`` objective that the attack maximises."""
+  if not targeted:
+    fn = LOSSES[loss]
+    return lambda logits: fn(logits, y)
+  # Targeted: move towards `target`. CE and CW are minimised towards the
+  # target (maximise their negation); targeted DLR is already written as a
+  # quantity to maximise (APGD-T).
+  if loss == "ce":
+    return lambda logits: -cross_entropy(logits, target)
+  if loss == "cw":
+    return lambda logits: -cw_margin(logits, target)  # z_t - max_{j!=t} z_j
+  return lambda logits: targeted_dlr(logits, y, target)
+
+
+def fgsm(logits_fn: LogitsFn,
+         x: jax.Array,
+         y: jax.Array,
+         *,
+         eps: float,
+         key: jax.Array | None = None,
+         random_start: bool = False,
+         step_size: float | None = None,
+         loss: str = "ce") -> jax.Array:
+  """Fast Gradient Sign Method, optionally with a random start (FGSM-RS).
+
+  Plain FGSM: ``clip(x + step_size * sign(grad), 0, 1)`` with
+  ``step_size = eps``. FGSM-RS (Wong et al. 2020): start uniformly in the Linf
+  ball, take one step of ``step_size`` (default ``1.25 * eps``), project back.
+
+  Args:
+    logits_fn: ``[B, ...] -> [B, C]`` in inference mode.
+    x: ``[B, H, W, C]`` float images in [0, 1].
+    y: ``[B]`` int labels.
+    eps: Linf radius in [0, 1] pixel units.
+    key: PRNG key, required when ``random_start``.
+    random_start: FGSM-RS when True.
+    step_size: defaults to ``eps`` (FGSM) or ``1.25 * eps`` (FGSM-RS).
+    loss: ``'ce'``, ``'cw'`` or ``'dlr'``.
+
+  Returns:
+    ``x_adv``, same shape and dtype as ``x``, ``stop_gradient``-ed.
+  """
+  eps = _check_eps(eps)
+  loss = _check_choice("loss", loss, tuple(LOSSES))
+  if random_start and key is None:
+    raise ConfigError("fgsm(random_start=True) needs a PRNG key; pass key=")
+  if step_size is None:
+    step_size = FGSM_RS_STEP_RATIO * eps if random_start else eps
+  x = _check_images(x)
+  y = _check_labels("y", y, x)
+  objective = _label_objective(loss, y, False, None)
+  return projected_gradient_ascent(
+      lambda z: objective(logits_fn(z)), x, key=key, eps=eps,
+      step_size=step_size, steps=1, norm="linf",
+      init="uniform" if random_start else "zero")
+
+
+def pgd(logits_fn: LogitsFn,
+        x: jax.Array,
+        y: jax.Array,
+        *,
+        key: jax.Array | None,
+        eps: float,
+        step_size: float,
+        steps: int,
+        norm: str = "linf",
+        random_start: bool = True,
+        restarts: int = 1,
+        loss: str = "ce",
+        targeted: bool = False,
+        target: jax.Array | None = None) -> jax.Array:
+  """Projected Gradient Descent (Madry et al. 2018), Linf or L2.
+
+  With ``restarts > 1``, restart ``r`` starts from the key
+  ``jax.random.fold_in(key, r)`` (so restart 0 is exactly the
+  ``restarts=1`` attack), and each example keeps its worst case: the first
+  restart that succeeds (misclassified, or classified as ``target``), else
+  the restart with the highest objective. Each extra restart costs one extra
+  forward pass for this selection; ``restarts=1`` costs none.
+
+  Args:
+    logits_fn: ``[B, ...] -> [B, C]`` in inference mode.
+    x: ``[B, H, W, C]`` float images in [0, 1].
+    y: ``[B]`` int true labels.
+    key: PRNG key; may be None when ``random_start=False``.
+    eps: radius in [0, 1] pixel units.
+    step_size: step per iteration (see ``projected_gradient_ascent``).
+    steps: iterations per restart (unrolled).
+    norm: ``'linf'`` or ``'l2'``.
+    random_start: start uniformly in the ball, else at ``x``.
+    restarts: independent runs, >= 1.
+    loss: ``'ce'``, ``'cw'`` or ``'dlr'``. Untargeted attacks maximise it.
+    targeted: move towards ``target``: minimise CE(logits, target), maximise
+      ``z_t - max_{j != t} z_j`` (cw), or maximise ``targeted_dlr`` (dlr).
+    target: ``[B]`` int target classes, required iff ``targeted``.
+
+  Returns:
+    ``x_adv``, same shape and dtype as ``x``, ``stop_gradient``-ed.
+  """
+  # Validate everything up front, before any tracing of logits_fn.
+  eps = _check_eps(eps)
+  step_size = _check_step_size(step_size)
+  steps = _static_int("steps", steps, 0)
+  restarts = _static_int("restarts", restarts, 1)
+  norm = _check_choice("norm", norm, NORMS)
+  loss = _check_choice("loss", loss, tuple(LOSSES))
+  if targeted and target is None:
+    raise ConfigError("pgd(targeted=True) needs target= (int [B] classes)")
+  if not targeted and target is not None:
+    raise ConfigError("pgd got target= but targeted=False; set targeted=True "
+                      "or drop target")
+  if random_start and key is None:
+    raise ConfigError("pgd(random_start=True) needs a PRNG key; pass key=")
+  x = _check_images(x)
+  y = _check_labels("y", y, x)
+  if targeted:
+    target = _check_labels("target", target, x)
+
+  objective = _label_objective(loss, y, targeted, target)
+  init = "uniform" if random_start else "zero"
+
+  best_x = best_success = best_value = None
+  for r in range(restarts):  # unrolled, like the steps
+    x_r = projected_gradient_ascent(
+        lambda z: objective(logits_fn(z)), x,
+        key=None if key is None else jax.random.fold_in(key, r), eps=eps,
+        step_size=step_size, steps=steps, norm=norm, init=init)
+    if restarts == 1:
+      return x_r
+    logits = logits_fn(x_r)
+    success = _success(logits, y, target)
+    value = objective(logits)
+    if best_x is None:
+      best_x, best_success, best_value = x_r, success, value
+      continue
+    # An example already fooled keeps its first successful restart; an
+    # unfooled one takes this restart if it succeeds or scores higher.
+    take = ~best_success & (success | (value > best_value))
+    best_x = jnp.where(take.reshape((-1,) + (1,) * (x.ndim - 1)), x_r, best_x)
+    best_value = jnp.where(take, value, best_value)
+    best_success = best_success | success
+  return jax.lax.stop_gradient(best_x)

@@ -1,0 +1,23 @@
+"""Data: in-memory splits, on-device augmentation, sharded batch pipelines.
+
+  split = load_split('cifar10', 'test')                 # sources.py
+  train, val = holdout_split(split, val_size=5000)      # sources.py
+  x = random_crop_flip(key, batch['image'])             # augment.py (in jit)
+  TrainBatches(split, 128, seed, mesh).batch(step)      # pipeline.py
+  eval_batches(split, 200, mesh, num_examples=1000)     # pipeline.py
+
+The embedded CIFAR-10 copy and its fixed, class-mixed order are described in
+``embedded.py``; TFDS loading lives in ``tfds_source.py``.
+"""
+
+from robustjax.data.augment import random_crop_flip, to_float
+from robustjax.data.embedded import CLASS_NAMES
+from robustjax.data.pipeline import TrainBatches, eval_batches
+from robustjax.data.sources import (DATASETS, ArraySplit, DatasetInfo,
+                                    holdout_split, load_split)
+
+__all__ = [
+    "ArraySplit", "CLASS_NAMES", "DATASETS", "DatasetInfo", "TrainBatches",
+    "eval_batches", "holdout_split", "load_split", "random_crop_flip",
+    "to_float",
+]

@@ -1,0 +1,58 @@
+"""Image classifiers for CIFAR-sized inputs, built by name.
+
+Usage::
+
+  from robustjax import models
+  model = models.create_model("resnet18", num_classes=10, width=1.0)
+  variables = model.init(key, x, train=False)  # {'params', 'batch_stats'}
+  logits = model.apply(variables, x, train=False)
+  logits, updates = model.apply(variables, x, train=True,
+                                mutable=["batch_stats"])
+
+Contract shared by every model:
+
+* Input ``x``: float [B, H, W, 3] in [0, 1] (NHWC), H = W = 32 or 64.
+* The first operation is ``(x - mean) / std`` with constant mean/std (not
+  parameters), so attacks and the epsilon ball live in [0, 1] pixel space.
+* Output: float32 logits [B, num_classes], whatever the compute ``dtype``;
+  parameters are always float32.
+* BatchNorm follows PyTorch (momentum 0.1 in torch terms, eps 1e-5) and uses
+  running statistics when ``train=False``. BN-free models (``vgg16``) have no
+  ``batch_stats`` collection; ``mutable=["batch_stats"]`` then returns empty
+  updates, so callers need no special case.
+* ``width`` multiplies every channel count (rounded, at least 1).
+
+Parameter naming scheme (every submodule is named; no ``Conv_0`` names):
+
+* ``resnet18``, ``resnet34``: ``stem/conv``, ``stem/bn``,
+  ``stage{1-4}/block{j}/{conv1,bn1,conv2,bn2}``,
+  ``stage{s}/block0/shortcut/{conv,bn}`` (where the shape changes),
+  ``head/dense``.
+* ``preact_resnet18``: ``stem/conv``, ``stage{1-4}/block{j}/{bn1,conv1,bn2,
+  conv2}``, ``stage{s}/block0/shortcut/conv``, ``final_bn``, ``head/dense``.
+* ``wrn34_10``, ``wrn28_10``: as ``preact_resnet18`` with stages 1-3.
+* ``vgg16``: ``features/conv{0-12}`` (convs counted in order), ``head/dense``.
+* ``small_cnn``: ``conv{1-4}``, ``bn{1-4}``, ``fc1``, ``head/dense``.
+
+Stages and blocks count as in the papers' code: stages from 1, blocks within
+a stage from 0. Adding a model: write a factory
+``(num_classes, width, dtype, mean, std) -> nn.Module`` decorated with
+``@register("name")`` in a module imported below.
+"""
+
+from robustjax.models.layers import CIFAR10_MEAN, CIFAR10_STD
+from robustjax.models.registry import available_models, create_model, register
+
+# Imported for their @register side effect: they fill the registry.
+from robustjax.models import resnet as _resnet  # noqa: F401,E402
+from robustjax.models import small as _small  # noqa: F401,E402
+from robustjax.models import vgg as _vgg  # noqa: F401,E402
+from robustjax.models import wide_resnet as _wide_resnet  # noqa: F401,E402
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "available_models",
+    "create_model",
+    "register",
+]

@@ -1,0 +1,98 @@
+"""The model registry: names -> factory functions, filled by ``@register``.
+
+Each model module decorates its factories, e.g.::
+
+  @register("resnet18")
+  def resnet18(num_classes, width, dtype, mean, std) -> nn.Module: ...
+
+``create_model`` checks the user's arguments (raising a one-line
+``ConfigError``) and calls the factory. Importing ``robustjax.models`` imports
+every model module, so the registry is complete by the time anyone asks.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from robustjax.errors import ConfigError
+from robustjax.models.layers import CIFAR10_MEAN, CIFAR10_STD, Dtype
+
+# factory(num_classes, width, dtype, mean, std) -> an unbound flax module.
+ModelFactory = Callable[[int, float, Dtype, tuple, tuple], nn.Module]
+
+_REGISTRY: dict[str, ModelFactory] = {}
+
+
+def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
+  """Decorator adding a factory to the registry under ``name``."""
+
+  def decorator(factory: ModelFactory) -> ModelFactory:
+    # A duplicate is a programming error (two modules claiming one name),
+    # not bad user input, so it is not a ConfigError.
+    if name in _REGISTRY:
+      raise ValueError(f"model {name!r} is registered twice")
+    _REGISTRY[name] = factory
+    return factory
+
+  return decorator
+
+
+def available_models() -> list[str]:
+  """The registered model names, sorted."""
+  return sorted(_REGISTRY)
+
+
+def _channel_stats(value: Sequence[float], what: str) -> tuple[float, ...]:
+  """``value`` as a tuple of 3 floats (flax module fields must be hashable)."""
+  try:
+    stats = tuple(float(v) for v in value)
+  except (TypeError, ValueError):
+    raise ConfigError(
+        f"model {what} must be 3 numbers, got {value!r}") from None
+  if len(stats) != 3:
+    raise ConfigError(f"model {what} must be 3 numbers (RGB), got {value!r}")
+  return stats
+
+
+def create_model(name: str, *, num_classes: int = 10, width: float = 1.0,
+                 dtype: Dtype = jnp.float32,
+                 mean: Sequence[float] = CIFAR10_MEAN,
+                 std: Sequence[float] = CIFAR10_STD) -> nn.Module:
+  """Builds the registered model ``name``.
+
+  Args:
+    name: one of ``available_models()``.
+    num_classes: the number of logits, at least 2.
+    width: multiplies every channel count (rounded, at least 1); > 0.
+    dtype: compute dtype of convs and dense layers; parameters and logits
+      stay float32.
+    mean, std: per-channel input statistics, applied inside the model.
+
+  Returns:
+    A flax module taking x [B, H, W, 3] in [0, 1] and ``train: bool``,
+    returning float32 logits [B, num_classes].
+
+  Raises:
+    ConfigError: unknown name or out-of-range argument.
+  """
+  if name not in _REGISTRY:
+    raise ConfigError(f"unknown model {name!r}; choose one of: "
+                      f"{', '.join(available_models())}")
+  if (isinstance(num_classes, bool)
+      or not isinstance(num_classes, numbers.Integral) or num_classes < 2):
+    raise ConfigError(
+        f"num_classes must be an integer >= 2, got {num_classes!r}")
+  if (isinstance(width, bool) or not isinstance(width, numbers.Real)
+      or not (width > 0 and math.isfinite(width))):
+    raise ConfigError(
+        f"model width must be a finite number > 0, got {width!r}")
+  mean = _channel_stats(mean, "mean")
+  std = _channel_stats(std, "std")
+  if not all(s > 0 for s in std):
+    raise ConfigError(f"model std must be > 0 per channel, got {std!r}")
+  return _REGISTRY[name](int(num_classes), float(width), dtype, mean, std)

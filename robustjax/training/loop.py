@@ -1,0 +1,237 @@
+"""``train_and_evaluate(config, workdir)``: the one training loop.
+
+Reachable from ``launch.py`` and importable from notebooks. In order:
+validate the config (nothing is written before it passes), build the mesh,
+model, data and optimizer, resume from ``WORKDIR/checkpoints`` if a
+checkpoint is there (refusing one of a different model), train with periodic
+logging, evaluation and checkpoints, then evaluate on the test split and
+write ``WORKDIR/report.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from robustjax import checkpoint, data, evaluation, models, sharding
+from robustjax.errors import ConfigError
+from robustjax.metrics import MetricWriter, write_report
+from robustjax.training import objectives, optimizer, step as step_lib
+
+
+def model_spec(config: Any, num_classes: int) -> dict[str, Any]:
+  """What identifies the network: saved with every checkpoint."""
+  return {"name": config.model.name, "width": float(config.model.width),
+          "num_classes": int(num_classes)}
+
+
+def build_model(spec: dict[str, Any]):
+  return models.create_model(spec["name"], num_classes=spec["num_classes"],
+                             width=spec["width"])
+
+
+def _num_steps(config: Any, steps_per_epoch: int) -> int:
+  if int(config.get("num_steps", 0)) > 0:
+    return int(config.num_steps)
+  steps = int(round(float(config.num_epochs) * steps_per_epoch))
+  if steps < 1:
+    raise ConfigError("set config.num_steps > 0 or config.num_epochs > 0")
+  return steps
+
+
+def load_data(config: Any):
+  """(train, validation or None, test) splits named by ``config.dataset``."""
+  ds = config.dataset
+  kwargs = dict(source=ds.source, data_dir=ds.get("data_dir") or None)
+  train = data.load_split(ds.name, "train", **kwargs)
+  test = data.load_split(ds.name, "test", **kwargs)
+  val = None
+  if int(ds.get("val_size", 0)) > 0:
+    train, val = data.holdout_split(train, int(ds.val_size),
+                                    seed=int(ds.get("val_seed", 0)))
+  return train, val, test
+
+
+def _check_same_model(meta: dict[str, Any], spec: dict[str, Any],
+                      workdir: str) -> None:
+  saved = meta.get("model", {})
+  if saved != spec:
+    raise ConfigError(
+        f"workdir {workdir} holds a checkpoint of model {saved} but the config "
+        f"asks for {spec}; use a new --workdir (or delete the old one)")
+
+
+def _check_finite(metrics: dict[str, float], step: int) -> None:
+  bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+  if bad:
+    raise FloatingPointError(
+        f"{', '.join(bad)} became non-finite at step {step}; lower "
+        "config.optimizer.lr or check the data (the last good checkpoint is "
+        "kept)")
+
+
+def validate(config: Any) -> None:
+  """Checks names and ranges before any file is written."""
+  for section in ("model", "dataset", "objective", "optimizer", "eval",
+                  "checkpoint"):
+    if section not in config:
+      raise ConfigError(f"config has no '{section}' section; start from "
+                        "configs/quickstart.py")
+  if config.model.name not in models.available_models():
+    models.create_model(config.model.name)  # raises the one-line error
+  if config.dataset.name not in data.DATASETS:
+    data.load_split(config.dataset.name, "test",
+                    source=config.dataset.source)  # raises
+  objectives.validate(config.objective)
+  evaluation.validate_attack(config.eval.attack)
+  optimizer.make_schedule(config.optimizer, 10)
+  if int(config.batch_size) < 1:
+    raise ConfigError(f"batch_size={config.batch_size} must be positive")
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
+  """Trains, evaluates and checkpoints; returns the final report.
+
+  Writes ``WORKDIR/metrics.jsonl`` (one record per logged step and per
+  evaluation), TensorBoard events under ``WORKDIR/tensorboard``,
+  checkpoints under ``WORKDIR/checkpoints`` (and the best one under
+  ``WORKDIR/best``) and ``WORKDIR/report.json``.
+  """
+  start_time = time.time()
+  validate(config)
+  train_split, val_split, test_split = load_data(config)
+  mesh = sharding.make_mesh(config.get("num_devices") or None)
+  sharding.check_batch_divisible(int(config.batch_size), mesh)
+  spec = model_spec(config, train_split.num_classes)
+  model = build_model(spec)
+  batches = data.TrainBatches(train_split, int(config.batch_size),
+                              int(config.seed), mesh)
+  total_steps = _num_steps(config, batches.steps_per_epoch)
+  tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
+  objective = objectives.make_objective(config.objective, model)
+
+  ckpt_dir = os.path.join(workdir, checkpoint.LATEST_DIR)
+  if checkpoint.has_checkpoint(ckpt_dir):
+    _check_same_model(checkpoint.read_meta(workdir), spec, workdir)
+
+  replicated = sharding.replicated(mesh)
+  root_key = jax.random.key(int(config.seed))
+  init_key, train_key, eval_key = jax.random.split(root_key, 3)
+  image_shape = tuple(train_split.images.shape[1:])
+  init_fn = jax.jit(
+      lambda k: step_lib.init_state(model, tx, k, image_shape),
+      out_shardings=replicated)
+  ckpt_cfg = config.checkpoint
+  ckpt = checkpoint.Checkpointer(
+      ckpt_dir, max_to_keep=int(ckpt_cfg.max_to_keep),
+      async_save=bool(ckpt_cfg.get("async_save", True)))
+  best_metric = ckpt_cfg.get("best_metric") or None
+  best = (checkpoint.Checkpointer(
+      os.path.join(workdir, checkpoint.BEST_DIR), max_to_keep=1,
+      best_metric=best_metric, async_save=bool(ckpt_cfg.get("async_save",
+                                                            True)))
+          if best_metric else None)
+
+  start_step = ckpt.latest_step()
+  if start_step is not None:
+    abstract = jax.eval_shape(init_fn, init_key).to_dict()
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+        abstract)
+    state = step_lib.TrainState.from_dict(ckpt.restore(abstract, start_step))
+    logging.info("resumed from step %d in %s", start_step, ckpt_dir)
+  else:
+    state = init_fn(init_key)
+    start_step = 0
+  meta = {"model": spec, "dataset": config.dataset.to_dict(),
+          "objective": config.objective.to_dict(),
+          "config": config.to_json_best_effort()}
+
+  writer = MetricWriter(workdir, resume_step=start_step)
+  train_step = step_lib.make_train_step(
+      objective, tx, schedule, mesh,
+      augment=bool(config.dataset.get("augment", True)))
+  eval_step = evaluation.make_eval_step(model, config.eval.attack, mesh)
+  train_key = sharding.put_replicated(train_key, mesh)
+  eval_split = val_split if val_split is not None else test_split
+  eval_name = "val" if val_split is not None else "test"
+
+  def run_eval(step: int) -> dict[str, Any]:
+    result = evaluation.evaluate(
+        model, state.variables(), eval_split, mesh,
+        attack_cfg=config.eval.attack, batch_size=int(config.eval.batch_size),
+        num_examples=int(config.eval.num_examples) or None,
+        seed=int(config.seed), eval_step=eval_step)
+    _say(progress, f"step {step} {eval_name}: "
+         f"{evaluation.format_accuracies(result)}")
+    writer.write(step, {f"{eval_name}/{k}": v for k, v in result.items()
+                        if k != "attack"})
+    return result
+
+  log_every = max(1, int(config.log_every))
+  eval_every = int(config.eval.every_steps)
+  ckpt_every = int(ckpt_cfg.every_steps)
+  progress = _progress(start_step, total_steps, config)
+  pending = None
+  for step, batch in batches.iterate(start_step, total_steps - start_step):
+    state, metrics = train_step(state, batch, train_key)
+    done = step + 1
+    if done % log_every == 0 or done == total_steps:
+      pending = {k: float(v) for k, v in metrics.items()}
+      _check_finite(pending, done)
+      writer.write(done, {f"train/{k}": v for k, v in pending.items()})
+      progress.set_postfix({k: f"{v:.3g}" for k, v in pending.items()
+                            if k in ("loss", "accuracy", "adv_accuracy")})
+    progress.update(1)
+    if eval_every and (done % eval_every == 0 or done == total_steps):
+      result = run_eval(done)
+      if best is not None:
+        best.save(done, state.to_dict(), meta,
+                  metrics={best_metric: result[best_metric]})
+    if done % ckpt_every == 0 or done == total_steps:
+      ckpt.save(done, state.to_dict(), meta)
+  progress.close()
+  ckpt.close()
+  if best is not None:
+    best.close()
+
+  report: dict[str, Any] = {"workdir": os.path.abspath(workdir),
+                            "steps": total_steps, "model": spec,
+                            "objective": config.objective.name}
+  if pending is not None:
+    report.update({f"train_{k}": v for k, v in pending.items()})
+  final = config.get("final_eval")
+  if final is not None and int(final.attack.steps) >= 0:
+    result = evaluation.evaluate(
+        model, state.variables(), test_split, mesh, attack_cfg=final.attack,
+        batch_size=int(final.batch_size),
+        num_examples=int(final.num_examples) or None, seed=int(config.seed))
+    _say(None, f"final test: {evaluation.format_accuracies(result)}")
+    report.update({f"test_{k}": v for k, v in result.items()})
+    writer.write(total_steps, {f"final_test/{k}": v for k, v in result.items()
+                               if k != "attack"})
+  writer.close()
+  report["wall_time_s"] = round(time.time() - start_time, 1)
+  write_report(workdir, report)
+  return report
+
+
+def _say(progress, message: str) -> None:
+  """A result line: above the progress bar when it is shown, else logged."""
+  if progress is not None and not progress.disable:
+    progress.write(message, file=sys.stderr)
+  else:
+    logging.info(message)
+
+
+def _progress(start: int, total: int, config: Any):
+  from tqdm import tqdm  # local: only the loop needs it
+  show = bool(config.get("progress_bar", True)) and jax.process_index() == 0
+  return tqdm(total=total, initial=start, disable=not show, file=sys.stderr,
+              dynamic_ncols=True, desc="train", unit="step")

@@ -1,0 +1,351 @@
+"""Tests for robustjax.models: shapes, parameter counts, names, BN behaviour.
+
+Full-width models are only traced (``jax.eval_shape``), never run; real
+forward passes use width 0.125 and batch 2 so the file stays fast on CPU.
+"""
+
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from robustjax import models
+from robustjax.errors import ConfigError
+from robustjax.models import layers
+
+ALL_MODELS = ("preact_resnet18", "resnet18", "resnet34", "small_cnn", "vgg16",
+              "wrn28_10", "wrn34_10")
+BN_FREE_MODELS = ("vgg16",)
+SMALL_WIDTH = 0.125
+# flax's automatic submodule names look like Conv_0, BatchNorm_3, block_1.
+AUTO_NAME = re.compile(r"_[0-9]+$")
+
+# Trainable parameter counts at width 1 and 10 classes (BN scale and bias
+# included, running statistics not).
+#  - resnet18, resnet34, wrn28_10, wrn34_10: the standard PyTorch numbers
+#    (kuangliu/pytorch-cifar; TRADES/MART WideResNet without its unused
+#    ``sub_block1``).
+#  - preact_resnet18: 11,171,146 (kuangliu's PreActResNet18, which has no
+#    final BN) + 1,024 for the final BN-ReLU of Wong et al. / Rice et al.
+#    (scale and bias over 512 channels) = 11,172,170.
+#  - vgg16: 14,728,266 is kuangliu's VGG16 *with* BatchNorm; without BN it is
+#    14,728,266 - 8,448 (scale and bias of 13 BNs over 4,224 channels)
+#    = 14,719,818 (14,714,688 in the convs + 5,130 in the head).
+EXPECTED_PARAM_COUNTS = {
+    "resnet18": 11_173_962,
+    "resnet34": 21_282_122,
+    "preact_resnet18": 11_171_146 + 2 * 512,
+    "wrn34_10": 46_160_474,
+    "wrn28_10": 36_479_194,
+    "vgg16": 14_728_266 - 2 * (2 * 64 + 2 * 128 + 3 * 256 + 6 * 512),
+    "small_cnn": 330_730,
+}
+
+
+def _images(batch: int = 2, size: int = 32, seed: int = 0) -> jax.Array:
+  return jax.random.uniform(jax.random.key(seed), (batch, size, size, 3))
+
+
+def _real_init(model: nn.Module, x: jax.Array):
+  """``model.init`` for real, compiled.
+
+  The "rbg" PRNG compiles several times faster than the default threefry,
+  and key generation speed is all init spends time on at this size.
+  """
+  key = jax.random.key(0, impl="rbg")
+  return jax.jit(lambda k, x: model.init(k, x, train=False))(key, x)
+
+
+def _abstract_init(model: nn.Module, size: int = 32, batch: int = 2):
+  """Variable shapes of ``model`` without allocating or computing anything."""
+  x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  return jax.eval_shape(lambda k, x: model.init(k, x, train=False),
+                        jax.random.key(0), x)
+
+
+def _abstract_logits(model: nn.Module, size: int = 32, batch: int = 2):
+  x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+
+  def forward(k, x):
+    return model.apply(model.init(k, x, train=False), x, train=False)
+
+  return jax.eval_shape(forward, jax.random.key(0), x)
+
+
+def _paths(tree) -> list[str]:
+  return list(traverse_util.flatten_dict(tree, sep="/"))
+
+
+def _num_params(variables) -> int:
+  return sum(int(np.prod(leaf.shape))
+             for leaf in jax.tree.leaves(variables["params"]))
+
+
+# --- registry ---------------------------------------------------------------
+
+
+def test_available_models_sorted_and_complete():
+  assert models.available_models() == sorted(ALL_MODELS)
+
+
+def test_unknown_model_names_the_choices():
+  with pytest.raises(ConfigError) as info:
+    models.create_model("resnet19")
+  message = str(info.value)
+  assert "'resnet19'" in message and "\n" not in message
+  assert ", ".join(sorted(ALL_MODELS)) in message
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"width": 0}, {"width": -0.5}, {"width": float("nan")},
+    {"num_classes": 1}, {"num_classes": 0}, {"num_classes": 2.5},
+    {"mean": (0.5, 0.5)}, {"std": (0.2, 0.0, 0.2)},
+])
+def test_bad_arguments_raise_config_error(kwargs):
+  with pytest.raises(ConfigError):
+    models.create_model("small_cnn", **kwargs)
+
+
+def test_cifar10_stats():
+  assert models.CIFAR10_MEAN == (0.4914, 0.4822, 0.4465)
+  assert models.CIFAR10_STD == (0.2471, 0.2435, 0.2616)
+
+
+# --- shapes and counts (traced only) ----------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAM_COUNTS))
+def test_full_width_param_count(name):
+  variables = _abstract_init(models.create_model(name))
+  assert _num_params(variables) == EXPECTED_PARAM_COUNTS[name]
+  for leaf in jax.tree.leaves(variables):
+    assert leaf.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_full_width_logits_shape(name, num_classes):
+  model = models.create_model(name, num_classes=num_classes)
+  logits = _abstract_logits(model, size=32, batch=3)
+  assert logits.shape == (3, num_classes)
+  assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_64px_inputs(name, num_classes):
+  model = models.create_model(name, num_classes=num_classes, width=SMALL_WIDTH)
+  logits = _abstract_logits(model, size=64)
+  assert logits.shape == (2, num_classes)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "wrn28_10", "vgg16"])
+def test_head_width_independent_of_input_size(name):
+  """Global average pooling: the same parameters serve 32x32 and 64x64."""
+  model = models.create_model(name)
+  shapes32 = jax.tree.map(lambda a: a.shape, _abstract_init(model, size=32))
+  shapes64 = jax.tree.map(lambda a: a.shape, _abstract_init(model, size=64))
+  assert shapes32 == shapes64
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = models.create_model("wrn28_10", dtype=jnp.bfloat16)
+  assert all(leaf.dtype == jnp.float32
+             for leaf in jax.tree.leaves(_abstract_init(model)))
+  assert _abstract_logits(model).dtype == jnp.float32
+
+
+def test_width_scales_every_layer():
+  params = _abstract_init(models.create_model("resnet18", width=0.25))["params"]
+  assert params["stem"]["conv"]["kernel"].shape == (3, 3, 3, 16)
+  assert params["stage2"]["block0"]["conv1"]["kernel"].shape == (3, 3, 16, 32)
+  assert params["stage4"]["block1"]["conv2"]["kernel"].shape == (3, 3, 128, 128)
+  assert params["head"]["dense"]["kernel"].shape == (128, 10)
+  wrn = _abstract_init(models.create_model("wrn34_10", width=0.125))["params"]
+  assert wrn["stem"]["conv"]["kernel"].shape == (3, 3, 3, 2)
+  assert wrn["stage1"]["block0"]["conv1"]["kernel"].shape == (3, 3, 2, 20)
+  assert wrn["head"]["dense"]["kernel"].shape == (80, 10)
+
+
+# --- parameter names ---------------------------------------------------------
+
+EXPECTED_PATHS = {
+    "resnet18": ["stem/conv/kernel", "stem/bn/scale", "stem/bn/bias",
+                 "stage1/block0/conv1/kernel", "stage1/block0/bn1/scale",
+                 "stage1/block1/conv2/kernel", "stage1/block0/bn2/bias",
+                 "stage2/block0/shortcut/conv/kernel",
+                 "stage2/block0/shortcut/bn/scale",
+                 "stage4/block1/bn2/scale", "head/dense/kernel",
+                 "head/dense/bias"],
+    "resnet34": ["stage3/block5/conv2/kernel", "stage4/block2/bn1/scale",
+                 "stage4/block0/shortcut/bn/bias"],
+    "preact_resnet18": ["stem/conv/kernel", "stage1/block0/bn1/scale",
+                        "stage2/block0/shortcut/conv/kernel",
+                        "final_bn/scale", "head/dense/kernel"],
+    "wrn34_10": ["stem/conv/kernel", "stage1/block0/bn1/scale",
+                 "stage1/block0/shortcut/conv/kernel",
+                 "stage3/block4/conv2/kernel", "final_bn/bias",
+                 "head/dense/kernel"],
+    "wrn28_10": ["stage3/block3/conv2/kernel", "final_bn/scale"],
+    "vgg16": ["features/conv0/kernel", "features/conv0/bias",
+              "features/conv12/kernel", "head/dense/kernel"],
+    "small_cnn": ["conv1/kernel", "bn1/scale", "conv4/kernel", "bn4/bias",
+                  "fc1/kernel", "head/dense/kernel"],
+}
+UNEXPECTED_PATHS = {
+    # No shortcut where the shape is unchanged; pre-activation shortcuts and
+    # stems have no BN; VGG convs are the only layers with a conv bias.
+    "resnet18": ["stage1/block0/shortcut/conv/kernel", "stem/conv/bias"],
+    "preact_resnet18": ["stage2/block0/shortcut/bn/scale", "stem/bn/scale"],
+    "wrn34_10": ["stage1/block1/shortcut/conv/kernel",
+                 "stage2/block0/shortcut/bn/scale"],
+    "small_cnn": ["conv1/bias"],
+}
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_readable_parameter_paths(name):
+  variables = _abstract_init(models.create_model(name, width=SMALL_WIDTH))
+  paths = set(_paths(variables["params"]))
+  for path in EXPECTED_PATHS[name]:
+    assert path in paths, f"{name}: missing {path}"
+  for path in UNEXPECTED_PATHS.get(name, []):
+    assert path not in paths, f"{name}: unexpected {path}"
+  for collection in variables.values():
+    for path in _paths(collection):
+      for part in path.split("/"):
+        assert not AUTO_NAME.search(part), f"{name}: auto name in {path}"
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_collections(name):
+  variables = _abstract_init(models.create_model(name, width=SMALL_WIDTH))
+  if name in BN_FREE_MODELS:
+    assert set(variables) == {"params"}
+  else:
+    assert set(variables) == {"params", "batch_stats"}
+    # Running statistics mirror the BN layers' parameter paths.
+    stats = {p.rsplit("/", 1)[0] for p in _paths(variables["batch_stats"])}
+    bn = {p.rsplit("/", 1)[0] for p in _paths(variables["params"])
+          if p.endswith("/scale")}
+    assert stats == bn
+
+
+# --- real forward passes (small width, batch 2) ------------------------------
+
+
+# resnet34 and wrn34_10 reuse resnet18's and wrn28_10's code with more blocks;
+# their shapes are covered above, so they are not compiled here to save time.
+@pytest.mark.parametrize("name", ["preact_resnet18", "resnet18", "small_cnn",
+                                  "vgg16", "wrn28_10"])
+def test_forward_train_and_eval(name):
+  model = models.create_model(name, width=SMALL_WIDTH)
+  x = _images()
+
+  variables = _real_init(model, x)
+
+  @jax.jit
+  def run(variables, x):
+    logits = model.apply(variables, x, train=False)
+    train_logits, train_updates = model.apply(variables, x, train=True,
+                                              mutable=["batch_stats"])
+    eval_logits, eval_updates = model.apply(variables, x, train=False,
+                                            mutable=["batch_stats"])
+    return logits, train_logits, train_updates, eval_logits, eval_updates
+
+  logits, train_logits, train_updates, eval_logits, eval_updates = run(
+      variables, x)
+  for out in (logits, train_logits, eval_logits):
+    assert out.shape == (2, 10) and out.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(out)))
+  np.testing.assert_array_equal(logits, eval_logits)
+
+  if name in BN_FREE_MODELS:
+    # Callers can use the BN signature unchanged: the updates are empty.
+    assert "batch_stats" not in variables
+    assert not train_updates and not eval_updates
+    np.testing.assert_allclose(train_logits, logits, rtol=1e-6, atol=1e-6)
+    return
+  stats = variables["batch_stats"]
+  # Evaluation leaves the running statistics untouched.
+  jax.tree.map(np.testing.assert_array_equal, eval_updates["batch_stats"],
+               stats)
+  # Training moves every running mean and variance.
+  assert (jax.tree.structure(train_updates["batch_stats"])
+          == jax.tree.structure(stats))
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                         train_updates["batch_stats"], stats)
+  assert all(jax.tree.leaves(changed))
+  # Batch statistics differ from the fresh running ones (mean 0, var 1).
+  assert not np.allclose(train_logits, logits)
+
+
+def test_normalisation_inside_the_model():
+  """mean/std are constants: absent from params, yet they change the output."""
+  x = _images()
+  base = models.create_model("small_cnn", width=SMALL_WIDTH)
+  shifted = models.create_model("small_cnn", width=SMALL_WIDTH,
+                                mean=(0.0, 0.0, 0.0))
+  variables = _real_init(base, x)
+  for path in _paths(variables["params"]):
+    assert "mean" not in path and "std" not in path
+  shifted_vars = _abstract_init(shifted)
+  assert (jax.tree.map(lambda a: a.shape, variables)
+          == jax.tree.map(lambda a: a.shape, shifted_vars))
+
+  apply = jax.jit(lambda m, v, x: m.apply(v, x, train=False),
+                  static_argnums=0)
+  out_base = apply(base, variables, x)
+  out_shifted = apply(shifted, variables, x)
+  assert not np.allclose(out_base, out_shifted)
+  # And the normalisation is exactly (x - mean) / std before the first layer:
+  # an identity-stats model fed normalised pixels gives the same logits.
+  identity = models.create_model("small_cnn", width=SMALL_WIDTH,
+                                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+  x_norm = ((x - jnp.asarray(models.CIFAR10_MEAN))
+            / jnp.asarray(models.CIFAR10_STD))
+  np.testing.assert_allclose(apply(identity, variables, x_norm), out_base,
+                             rtol=1e-4, atol=1e-5)
+
+
+# --- layer conventions --------------------------------------------------------
+
+
+def test_batch_norm_matches_pytorch_defaults():
+  """The running mean moves 10% of the way to the batch mean (torch's 0.1)."""
+  bn = layers.batch_norm(True, dtype=jnp.float32, name="bn")
+  x = jnp.full((4, 2, 2, 3), 5.0)
+  variables = bn.init(jax.random.key(0), x)
+  _, updates = bn.apply(variables, x, mutable=["batch_stats"])
+  np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.5, rtol=1e-6)
+  assert bn.epsilon == 1e-5
+
+
+def test_strided_conv_pads_like_pytorch():
+  """3x3 stride-2 conv pads 1 on both sides (flax "SAME" would pad (0, 1))."""
+
+  class OneConv(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.conv(1, 3, strides=2, dtype=jnp.float32, name="conv")(x)
+
+  x = jnp.ones((1, 4, 4, 1))
+  ones = {"params": {"conv": {"kernel": jnp.ones((3, 3, 1, 1))}}}
+  out = OneConv().apply(ones, x)[0, :, :, 0]
+  # Top-left window overlaps the padding on two sides: 2x2 inputs inside.
+  np.testing.assert_array_equal(out, [[4.0, 6.0], [6.0, 9.0]])
+
+
+def test_conv_init_is_kaiming_normal_fan_out():
+  init = layers.conv_kernel_init
+  kernel = init(jax.random.key(0, impl="rbg"), (3, 3, 64, 128), jnp.float32)
+  expected_std = np.sqrt(2.0 / (3 * 3 * 128))
+  assert abs(float(jnp.std(kernel)) / expected_std - 1.0) < 0.03
+  # Untruncated (as torch.nn.init.kaiming_normal_): some values beyond 2 std.
+  assert float(jnp.max(jnp.abs(kernel))) > 2.5 * expected_std
