@@ -2,6 +2,8 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# One JAX CPU device per core: the batch is split across them (benchmarks/README.md).
+CPU_DEVICES ?= $(shell nproc)
 
 .PHONY: setup setup-dev setup-bench quickstart test test-slow bench clean
 
@@ -20,7 +22,7 @@ setup-bench: setup
 	$(BIN)/pip install -q -r requirements-bench.txt
 
 quickstart: setup
-	$(BIN)/python launch.py --config=configs/quickstart.py --workdir=workdirs/quickstart
+	$(BIN)/python launch.py --config=configs/quickstart.py --workdir=workdirs/quickstart --cpu_devices=$(CPU_DEVICES)
 
 test: setup-dev
 	$(BIN)/python -m pytest -q -n 2

@@ -1,0 +1,253 @@
+"""PyTorch eager reference for the benchmarks: the same network, attack and step.
+
+Written to compute exactly what robustjax computes (see robustjax/models/
+resnet.py, robustjax/attacks/pgd.py, robustjax/training/{objectives,step,
+optimizer}.py), in the plain eager style of the adversarial-training papers'
+PyTorch code:
+
+* CIFAR ResNet-18: normalisation layer, 3x3 stride-1 stem conv + BN + ReLU,
+  four stages of two BasicBlocks (64/128/256/512 channels times ``width``,
+  rounded as robustjax's ``scale_channels``), 1x1 conv + BN projection
+  shortcuts where the shape changes, no max-pool, global average pool, linear
+  head. Convs have no bias; BN has eps 1e-5 and momentum 0.1.
+* PGD (Linf, CE): uniform start in the eps ball, projected and clipped to
+  [0, 1]; each step ``x + step * sign(grad)``, projected and clipped again.
+  BatchNorm in eval mode during the attack; gradients w.r.t. the input only
+  (``torch.autograd.grad``), like ``jax.grad`` of the input in robustjax.
+* Training step: CE of the adversarial batch in train mode (BN batch
+  statistics, running averages updated), backward, SGD(momentum 0.9,
+  coupled weight decay on every parameter).
+
+Parameter names mirror robustjax's paths (``stem.conv``, ``stage2.block0.
+shortcut.bn``, ``head.dense``), so ``load_flax_variables`` copies a flax
+variable tree into the module one to one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+STAGE_CHANNELS = (64, 128, 256, 512)
+STAGE_STRIDES = (1, 2, 2, 2)
+
+
+def scale_channels(channels: int, width: float) -> int:
+  """Same rounding as robustjax.models.layers.scale_channels."""
+  return max(1, int(round(channels * width)))
+
+
+class ConvBN(nn.Module):
+  """Bias-free conv (``conv``) followed by BatchNorm (``bn``)."""
+
+  def __init__(self, cin: int, cout: int, kernel_size: int, stride: int = 1):
+    super().__init__()
+    self.conv = nn.Conv2d(cin, cout, kernel_size, stride,
+                          padding=kernel_size // 2, bias=False)
+    self.bn = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.bn(self.conv(x))
+
+
+class BasicBlock(nn.Module):
+  """conv3x3-BN-ReLU-conv3x3-BN + shortcut, then ReLU."""
+
+  def __init__(self, cin: int, cout: int, stride: int):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
+    self.bn1 = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
+    self.conv2 = nn.Conv2d(cout, cout, 3, 1, padding=1, bias=False)
+    self.bn2 = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
+    self.shortcut = (ConvBN(cin, cout, 1, stride)
+                     if stride != 1 or cin != cout else None)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    out = F.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class Stage(nn.Module):
+  def __init__(self, cin: int, cout: int, num_blocks: int, stride: int):
+    super().__init__()
+    self.num_blocks = num_blocks
+    for i in range(num_blocks):
+      setattr(self, f"block{i}",
+              BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    for i in range(self.num_blocks):
+      x = getattr(self, f"block{i}")(x)
+    return x
+
+
+class Head(nn.Module):
+  def __init__(self, cin: int, num_classes: int):
+    super().__init__()
+    self.dense = nn.Linear(cin, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.dense(x)
+
+
+class ResNet(nn.Module):
+  """CIFAR post-activation ResNet; input NCHW floats in [0, 1]."""
+
+  def __init__(self, stage_sizes=(2, 2, 2, 2), num_classes: int = 10,
+               width: float = 1.0, mean=(0.4914, 0.4822, 0.4465),
+               std=(0.2471, 0.2435, 0.2616)):
+    super().__init__()
+    self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+    self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+    cin = scale_channels(STAGE_CHANNELS[0], width)
+    self.stem = ConvBN(3, cin, 3)
+    self.num_stages = len(stage_sizes)
+    for i, (size, ch, stride) in enumerate(
+        zip(stage_sizes, STAGE_CHANNELS, STAGE_STRIDES)):
+      cout = scale_channels(ch, width)
+      setattr(self, f"stage{i + 1}", Stage(cin, cout, size, stride))
+      cin = cout
+    self.head = Head(cin, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = (x - self.mean) / self.std
+    x = F.relu(self.stem(x))
+    for i in range(self.num_stages):
+      x = getattr(self, f"stage{i + 1}")(x)
+    return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}.{k}" if prefix else k
+    if isinstance(v, dict) or hasattr(v, "items"):
+      out.update(_flatten(v, name))
+    else:
+      out[name] = np.asarray(v)
+  return out
+
+
+def load_flax_variables(module: ResNet, variables: Any) -> None:
+  """Copies robustjax ``{'params', 'batch_stats'}`` into ``module``.
+
+  Conv kernels HWIO -> OIHW, dense kernels [in, out] -> [out, in], BN
+  scale/bias -> weight/bias, mean/var -> running_mean/running_var. Raises if
+  any tensor of the module is left without a value or any shape differs.
+  """
+  rename = {"kernel": "weight", "scale": "weight", "bias": "bias",
+            "mean": "running_mean", "var": "running_var"}
+  values = {}
+  for coll in ("params", "batch_stats"):
+    for path, arr in _flatten(variables[coll]).items():
+      *mod, leaf = path.split(".")
+      if leaf == "kernel":
+        arr = arr.transpose(3, 2, 0, 1) if arr.ndim == 4 else arr.T
+      values[".".join(mod + [rename[leaf]])] = arr
+  state = module.state_dict()
+  expected = {k for k in state
+              if not k.endswith("num_batches_tracked") and k not in ("mean",
+                                                                     "std")}
+  if set(values) != expected:
+    raise ValueError(f"parameter names differ: only in flax "
+                     f"{sorted(set(values) - expected)}, only in torch "
+                     f"{sorted(expected - set(values))}")
+  with torch.no_grad():
+    for k, arr in values.items():
+      if tuple(state[k].shape) != arr.shape:
+        raise ValueError(f"{k}: torch {tuple(state[k].shape)} vs flax "
+                         f"{arr.shape}")
+      state[k].copy_(torch.from_numpy(np.array(arr, dtype=np.float32)))
+
+
+def to_float(images_nhwc_uint8: torch.Tensor, channels_last: bool
+             ) -> torch.Tensor:
+  """uint8 NHWC -> float32 NCHW in [0, 1] (channels_last strides optional)."""
+  x = images_nhwc_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+  # The permuted NHWC buffer already has channels_last strides.
+  return x if channels_last else x.contiguous()
+
+
+def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+  """Onto the Linf eps ball around x, then [0, 1] (robustjax's order)."""
+  return (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
+
+
+def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+             step_size: float, steps: int, random_start: bool = True,
+             init_delta: torch.Tensor | None = None) -> torch.Tensor:
+  """Untargeted Linf CE-PGD on ``model`` as it is (caller sets eval mode).
+
+  Gradient of the batch-summed CE w.r.t. the input only. ``init_delta``
+  replaces the uniform start (for parity checks).
+  """
+  if init_delta is not None:
+    x_adv = x + init_delta
+  elif random_start:
+    x_adv = x + torch.empty_like(x).uniform_(-eps, eps)
+  else:
+    x_adv = x.clone()
+  x_adv = _project(x_adv, x, eps)
+  for _ in range(steps):
+    x_adv.requires_grad_(True)
+    loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x_adv)
+    with torch.no_grad():
+      x_adv = x_adv + step_size * grad.sign()
+      x_adv = _project(x_adv, x, eps)
+  return x_adv.detach()
+
+
+class PGDATStep:
+  """One Madry PGD-AT step: eval-mode PGD, then a train-mode SGD step."""
+
+  def __init__(self, model: nn.Module, *, eps: float, step_size: float,
+               steps: int, lr: float = 0.1, momentum: float = 0.9,
+               weight_decay: float = 5e-4, channels_last: bool = False):
+    self.model = model
+    self.eps, self.step_size, self.steps = eps, step_size, steps
+    self.channels_last = channels_last
+    self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                               weight_decay=weight_decay)
+
+  def __call__(self, images: torch.Tensor, labels: torch.Tensor
+               ) -> dict[str, float]:
+    x = to_float(images, self.channels_last)
+    self.model.eval()
+    x_adv = pgd_linf(self.model, x, labels, eps=self.eps,
+                     step_size=self.step_size, steps=self.steps)
+    self.model.train()
+    logits = self.model(x_adv)
+    loss = F.cross_entropy(logits, labels)
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    return {"loss": loss.detach(),
+            "adv_accuracy": (logits.detach().argmax(1) == labels).float().mean()}
+
+
+class PGDEval:
+  """Clean + PGD accuracy counts of one batch, as robustjax.evaluation."""
+
+  def __init__(self, model: nn.Module, *, eps: float, step_size: float,
+               steps: int, channels_last: bool = False):
+    self.model = model
+    self.eps, self.step_size, self.steps = eps, step_size, steps
+    self.channels_last = channels_last
+
+  def __call__(self, images: torch.Tensor, labels: torch.Tensor
+               ) -> dict[str, torch.Tensor]:
+    self.model.eval()
+    x = to_float(images, self.channels_last)
+    with torch.no_grad():
+      clean_ok = self.model(x).argmax(1) == labels
+    x_adv = pgd_linf(self.model, x, labels, eps=self.eps,
+                     step_size=self.step_size, steps=self.steps)
+    with torch.no_grad():
+      adv_ok = (self.model(x_adv).argmax(1) == labels) & clean_ok
+    return {"clean": clean_ok.sum(), "adv": adv_ok.sum()}
