@@ -2,8 +2,9 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# One JAX CPU device per core: the batch is split across them (benchmarks/README.md).
-CPU_DEVICES ?= $(shell nproc)
+# One JAX CPU device per core, the batch split across them (benchmarks/README.md):
+# the largest power of two <= nproc, at most 8, so batches of 128/512 divide evenly.
+CPU_DEVICES ?= $(shell n=$$(nproc); d=1; while [ $$((d * 2)) -le $$n ] && [ $$d -lt 8 ]; do d=$$((d * 2)); done; echo $$d)
 
 .PHONY: setup setup-dev setup-bench quickstart test test-slow bench clean
 

@@ -57,9 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
                      weight_decay_on="all", schedule="piecewise",
                      boundaries=(0.5, 0.75), decay=0.1, warmup_steps=0,
                      peak_fraction=0.4)
-  c.eval = dict(every_steps=1000, num_examples=1000, batch_size=500,
+  c.eval = dict(every_steps=1000, num_examples=1000, batch_size=512,
                 attack=pgd_attack(10))
-  c.final_eval = dict(num_examples=0, batch_size=500, attack=pgd_attack(20))
+  c.final_eval = dict(num_examples=0, batch_size=512, attack=pgd_attack(20))
   c.checkpoint = dict(every_steps=500, max_to_keep=2, best_metric="adv_acc",
                       async_save=True)
   return c

@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.best = bool(args.get("best", False))
   c.dataset = dict(name="cifar10", source="embedded", data_dir="",
                    split="test")
-  c.eval = dict(num_examples=int(args["n"]), batch_size=500,
+  c.eval = dict(num_examples=int(args["n"]), batch_size=512,
                 attack=common.pgd_attack(int(args["steps"]),
                                          eps=float(args["eps"]) / 255,
                                          restarts=int(args["restarts"])))

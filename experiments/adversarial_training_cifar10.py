@@ -58,8 +58,8 @@ def make_config():
     c.optimizer.update(lr=0.1, schedule="piecewise", boundaries=(0.5, 0.75))
   steps_per_epoch = (50000 - 1000) // c.batch_size
   c.eval.update(every_steps=steps_per_epoch, num_examples=1000,
-                batch_size=500, attack=common.pgd_attack(10))
-  c.final_eval.update(num_examples=_TEST_EXAMPLES.value, batch_size=500,
+                batch_size=512, attack=common.pgd_attack(10))
+  c.final_eval.update(num_examples=_TEST_EXAMPLES.value, batch_size=512,
                       attack=common.pgd_attack(20))
   c.checkpoint.update(every_steps=steps_per_epoch, max_to_keep=2,
                       best_metric="adv_acc")
