@@ -136,3 +136,15 @@ def test_launch_bad_input_is_one_line_and_nonzero(args, message, tmp_path):
   assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   assert not os.path.exists(workdir)
+
+
+def test_launch_smoke_run_on_two_cpu_devices(tmp_path):
+  """The README's command shape, end to end through the CLI: the host split
+  into 2 CPU devices, a report and a loadable checkpoint at the end."""
+  workdir = tmp_path / "run"
+  result = _launch("--config=configs/quickstart.py:smoke", "--cpu_devices=2",
+                   "--config.progress_bar=false", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "report:" in result.stdout and "test_adv_acc" in result.stdout
+  assert (workdir / "report.json").exists()
+  assert checkpoint.load(str(workdir))["step"] == 6

@@ -62,10 +62,14 @@ def conv(features: int, kernel_size: int, *, strides: int = 1,
 
 
 def batch_norm(train: bool, *, dtype: Dtype, name: str) -> nn.BatchNorm:
-  """BatchNorm with PyTorch defaults: torch momentum 0.1 (flax 0.9), eps 1e-5.
+  """BatchNorm with PyTorch's momentum (torch 0.1 = flax 0.9) and eps 1e-5.
 
   In training it normalises with batch statistics and updates the running
   averages in ``batch_stats``; in evaluation it uses the running averages.
+  One difference remains: flax updates the running variance with the biased
+  batch variance, PyTorch with the unbiased one (a factor n / (n - 1), n =
+  batch * H * W: 0.05% at batch 128 on a 4x4 map), so running statistics
+  are not bit-for-bit PyTorch's.
   """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9,
                       epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
