@@ -268,7 +268,8 @@ class JaxEval:
     self.variables = sharding.put_replicated(
         {"params": st.params, "batch_stats": st.batch_stats}, mesh)
     self.batch = sharding.put_global_batch(
-        dict(batch_np, mask=np.ones(len(batch_np["label"]), bool)), mesh)
+        dict(batch_np, mask=np.ones(len(batch_np["label"]), bool),
+             index=np.arange(len(batch_np["label"]), dtype=np.int32)), mesh)
     self.key = sharding.put_replicated(jax.random.key(seed + 2), mesh)
     step = evaluation.make_eval_step(setup["model"], attack_cfg, mesh)
     t0 = time.perf_counter()

@@ -36,7 +36,9 @@ def make_eval_step(model, attack_cfg: Any, mesh):
   """A jitted ``(variables, batch, key) -> {clean, adv, count}`` of sums.
 
   ``adv`` counts points still correct after the attack (equal to ``clean``
-  when ``attack_cfg.steps == 0``).
+  when ``attack_cfg.steps == 0``). Each example's random start is keyed by
+  ``fold_in(key, batch["index"])``, its position in the split, so the result
+  does not depend on the batch size or the number of devices.
   """
   steps = int(attack_cfg.steps)
 
@@ -47,8 +49,10 @@ def make_eval_step(model, attack_cfg: Any, mesh):
     logits_fn = lambda z: model.apply(variables, z, train=False)  # noqa: E731
     clean_ok = (jnp.argmax(logits_fn(x), -1) == y).astype(jnp.float32)
     if steps > 0:
+      example_keys = jax.vmap(jax.random.fold_in, (None, 0))(
+          key, batch["index"])
       x_adv = attacks.pgd(
-          logits_fn, x, y, key=key, eps=float(attack_cfg.eps),
+          logits_fn, x, y, key=example_keys, eps=float(attack_cfg.eps),
           step_size=float(attack_cfg.step_size), steps=steps,
           norm=attack_cfg.get("norm", "linf"),
           random_start=bool(attack_cfg.get("random_start", True)),
@@ -79,11 +83,10 @@ def evaluate(model, variables: Any, split: data.ArraySplit, mesh, *,
   validate_attack(attack_cfg)
   eval_step = eval_step or make_eval_step(model, attack_cfg, mesh)
   variables = sharding.put_replicated(variables, mesh)
-  root = jax.random.key(seed)
+  key = sharding.put_replicated(jax.random.key(seed), mesh)
   totals = {"clean": 0.0, "adv": 0.0, "count": 0.0}
-  for index, batch in enumerate(
-      data.eval_batches(split, batch_size, mesh, num_examples=num_examples)):
-    key = sharding.put_replicated(jax.random.fold_in(root, index), mesh)
+  for batch in data.eval_batches(split, batch_size, mesh,
+                                 num_examples=num_examples):
     sums = eval_step(variables, batch, key)
     for name in totals:
       totals[name] += float(sums[name])

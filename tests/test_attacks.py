@@ -489,3 +489,38 @@ def test_pgd_not_weaker_than_fgsm_on_trained_mlp():
                             step_size=eps / 4, steps=10))
   # The attack must bite at this eps for the comparison to mean anything.
   assert pgd_acc <= fgsm_acc < clean, (clean, fgsm_acc, pgd_acc)
+
+
+@pytest.mark.parametrize("norm,init_kw", [("linf", {}), ("l2", {})])
+def test_per_example_keys_make_results_independent_of_batching(mlp_setup,
+                                                               norm, init_kw):
+  """With one key per example, attacking a sub-batch gives exactly the rows
+  of the full-batch attack (what evaluation relies on for batch-size and
+  device-count invariance); restarts included."""
+  fn, x, y = mlp_setup
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(7),
+                                                 jnp.arange(16))
+  eps = EPS if norm == "linf" else EPS_L2
+  kw = dict(eps=eps, step_size=eps / 4, steps=3, norm=norm, restarts=2,
+            **init_kw)
+  full = attacks.pgd(fn, x, y, key=keys, **kw)
+  assert_valid(full, x, eps, norm)
+  for rows in (slice(0, 5), slice(5, 16), np.array([15, 3, 8])):
+    part = attacks.pgd(fn, x[rows], y[rows], key=keys[rows], **kw)
+    np.testing.assert_allclose(np.asarray(part), np.asarray(full)[rows],
+                               atol=1e-6)
+  # A different example order, same keys per example: same rows.
+  perm = np.random.default_rng(0).permutation(16)
+  permuted = attacks.pgd(fn, x[perm], y[perm], key=keys[perm], **kw)
+  np.testing.assert_allclose(np.asarray(permuted), np.asarray(full)[perm],
+                             atol=1e-6)
+  # One shared key would not have this property (the draws depend on B).
+  shared = attacks.pgd(fn, x, y, key=jax.random.key(7), **kw)
+  assert not np.allclose(np.asarray(shared), np.asarray(full))
+
+
+def test_per_example_keys_of_wrong_shape_are_refused(mlp_setup):
+  fn, x, y = mlp_setup
+  keys = jax.random.split(jax.random.key(0), 3)
+  with pytest.raises(ConfigError, match="one per example"):
+    attacks.pgd(fn, x, y, key=keys, eps=EPS, step_size=EPS, steps=1)

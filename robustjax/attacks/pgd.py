@@ -162,28 +162,72 @@ def _ascent_direction(g: jax.Array, norm: str) -> jax.Array:
   return _safe_normalize(g)
 
 
+# ---------------------------------------------------------------------------
+# Randomness: one key for the batch, or one key per example. Per-example keys
+# (a typed key array of shape [B], e.g. fold_in(root, example_index)) make an
+# example's random start independent of which batch or device it lands on.
+
+
+def _is_per_example(key: jax.Array | None, x: jax.Array) -> bool:
+  if key is None or not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return False  # raw uint32 keys are always one key for the batch
+  if key.ndim == 0:
+    return False
+  if key.shape != x.shape[:1]:
+    raise ConfigError(
+        f"key must be one PRNG key or a key array of shape [B]={x.shape[:1]}"
+        f" (one per example), got shape {tuple(key.shape)}")
+  return True
+
+
+def _sample(sampler: Callable[[jax.Array, tuple[int, ...]], jax.Array],
+            key: jax.Array, shape: tuple[int, ...], per_example: bool
+            ) -> jax.Array:
+  """``sampler(key, shape)``, or one ``shape[1:]`` draw per example key."""
+  if per_example:
+    return jax.vmap(lambda k: sampler(k, shape[1:]))(key)
+  return sampler(key, shape)
+
+
+def _split2(key: jax.Array, per_example: bool) -> tuple[jax.Array, jax.Array]:
+  if per_example:
+    keys = jax.vmap(jax.random.split)(key)
+    return keys[:, 0], keys[:, 1]
+  k1, k2 = jax.random.split(key)
+  return k1, k2
+
+
+def _fold_in(key: jax.Array, data: int, per_example: bool) -> jax.Array:
+  if per_example:
+    return jax.vmap(lambda k: jax.random.fold_in(k, data))(key)
+  return jax.random.fold_in(key, data)
+
+
 def _initial_point(x: jax.Array, key: jax.Array | None, eps: float,
                    norm: str, init: str, init_scale: float) -> jax.Array:
   """The start point, already projected and clipped."""
   if init == "zero":
     return x
+  per_example = _is_per_example(key, x)
+  normal = lambda k, s: jax.random.normal(k, s, x.dtype)  # noqa: E731
   if init == "normal":
     # TRADES starts at x + 0.001 N(0, 1) without clipping; we project it like
     # every other iterate so the first gradient is taken on a valid image.
-    return _project(x + init_scale * jax.random.normal(key, x.shape, x.dtype),
-                    x, eps, norm)
+    noise = _sample(normal, key, x.shape, per_example)
+    return _project(x + init_scale * noise, x, eps, norm)
   if norm == "linf":
-    delta = jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
+    delta = _sample(lambda k, s: jax.random.uniform(k, s, x.dtype, -eps, eps),
+                    key, x.shape, per_example)
   else:
     # Uniform in the L2 ball: a uniform direction (normalised Gaussian) times
     # a radius eps * U^(1/d), d the input dimension. In image dimensions this
     # radius is close to eps, i.e. near the sphere, as in Madry et al.'s
     # robustness library.
-    k_dir, k_rad = jax.random.split(key)
-    direction = _safe_normalize(jax.random.normal(k_dir, x.shape, x.dtype))
+    k_dir, k_rad = _split2(key, per_example)
+    direction = _safe_normalize(_sample(normal, k_dir, x.shape, per_example))
     d = math.prod(x.shape[1:])
-    u = jax.random.uniform(k_rad, (x.shape[0],) + (1,) * (x.ndim - 1),
-                           x.dtype)
+    u = _sample(lambda k, s: jax.random.uniform(k, s, x.dtype), k_rad,
+                (x.shape[0],) + (1,) * (x.ndim - 1), per_example)
     delta = direction * (eps * u ** (1.0 / d))
   return _project(x + delta, x, eps, norm)
 
@@ -211,7 +255,9 @@ def projected_gradient_ascent(objective_fn: ObjectiveFn,
     objective_fn: ``x_adv [B, ...] -> [B]`` objective to MAXIMISE per example;
       the engine differentiates its sum over the batch.
     x: ``[B, H, W, C]`` (any ``[B, ...]``) float images in [0, 1].
-    key: PRNG key for the start point; may be None when ``init='zero'``.
+    key: PRNG key for the start point, or a typed key array of shape
+      ``[B]`` (one key per example: an example's start then does not depend
+      on its batch or device); may be None when ``init='zero'``.
     eps: radius of the ball, in [0, 1] pixel units.
     step_size: Linf: ``x + step_size * sign(g)``; L2:
       ``x + step_size * g / ||g||_2`` per example.
@@ -363,7 +409,8 @@ def pgd(logits_fn: LogitsFn,
     logits_fn: ``[B, ...] -> [B, C]`` in inference mode.
     x: ``[B, H, W, C]`` float images in [0, 1].
     y: ``[B]`` int true labels.
-    key: PRNG key; may be None when ``random_start=False``.
+    key: PRNG key, or a typed key array of shape ``[B]`` (one per example);
+      may be None when ``random_start=False``.
     eps: radius in [0, 1] pixel units.
     step_size: step per iteration (see ``projected_gradient_ascent``).
     steps: iterations per restart (unrolled).
@@ -404,7 +451,8 @@ def pgd(logits_fn: LogitsFn,
   for r in range(restarts):  # unrolled, like the steps
     x_r = projected_gradient_ascent(
         lambda z: objective(logits_fn(z)), x,
-        key=None if key is None else jax.random.fold_in(key, r), eps=eps,
+        key=None if key is None else _fold_in(
+            key, r, _is_per_example(key, x)), eps=eps,
         step_size=step_size, steps=steps, norm=norm, init=init)
     if restarts == 1:
       return x_r

@@ -130,10 +130,12 @@ def eval_batches(split: ArraySplit, batch_size: int, mesh: Mesh,
                  ) -> Iterator[dict[str, jax.Array]]:
   """The first ``num_examples`` points of ``split`` in order, in fixed-size batches.
 
-  Yields ``{'image': uint8 [B, H, W, 3], 'label': int32 [B], 'mask': bool [B]}``
-  global arrays sharded over ``data``. The last batch is padded to ``B`` with
-  zero rows whose ``mask`` is False, so every batch has one compiled shape;
-  callers weight metrics by ``mask``.
+  Yields ``{'image': uint8 [B, H, W, 3], 'label': int32 [B], 'mask': bool [B],
+  'index': int32 [B]}`` global arrays sharded over ``data``; ``index`` is each
+  row's position in the split (so per-example randomness can be keyed by it,
+  independent of the batch size). The last batch is padded to ``B`` with zero
+  rows whose ``mask`` is False, so every batch has one compiled shape; callers
+  weight metrics by ``mask``.
   """
   _check_batch(batch_size, mesh, "evaluation")
   n = len(split) if num_examples is None else num_examples
@@ -144,15 +146,17 @@ def eval_batches(split: ArraySplit, batch_size: int, mesh: Mesh,
 
   def batches():
     for start in range(0, n, batch_size):
-      idx = np.arange(start, start + batch_size)
-      mask = idx < n
+      position = np.arange(start, start + batch_size, dtype=np.int32)
+      mask = position < n
+      idx = position
       idx = np.where(mask, idx, 0)  # any valid row; zeroed below
       images = split.images[idx[rows]]
       labels = split.labels[idx[rows]]
       images[~mask[rows]] = 0
       labels[~mask[rows]] = 0
       yield sharding.put_global_batch(
-          {"image": images, "label": labels, "mask": mask[rows]}, mesh)
+          {"image": images, "label": labels, "mask": mask[rows],
+           "index": position[rows]}, mesh)
   return _prefetch(batches)
 
 
