@@ -122,21 +122,22 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
   replicated = sharding.replicated(mesh)
   root_key = jax.random.key(int(config.seed))
-  init_key, train_key, eval_key = jax.random.split(root_key, 3)
+  # Three streams (the third is unused) so the keys of saved runs stay valid.
+  init_key, train_key, _ = jax.random.split(root_key, 3)
   image_shape = tuple(train_split.images.shape[1:])
   init_fn = jax.jit(
       lambda k: step_lib.init_state(model, tx, k, image_shape),
       out_shardings=replicated)
   ckpt_cfg = config.checkpoint
-  ckpt = checkpoint.Checkpointer(
-      ckpt_dir, max_to_keep=int(ckpt_cfg.max_to_keep),
-      async_save=bool(ckpt_cfg.get("async_save", True)))
+  async_save = bool(ckpt_cfg.get("async_save", True))
+  ckpt = checkpoint.Checkpointer(ckpt_dir, max_to_keep=int(
+      ckpt_cfg.max_to_keep), async_save=async_save)
   best_metric = ckpt_cfg.get("best_metric") or None
-  best = (checkpoint.Checkpointer(
-      os.path.join(workdir, checkpoint.BEST_DIR), max_to_keep=1,
-      best_metric=best_metric, async_save=bool(ckpt_cfg.get("async_save",
-                                                            True)))
-          if best_metric else None)
+  best = None
+  if best_metric:
+    best = checkpoint.Checkpointer(
+        os.path.join(workdir, checkpoint.BEST_DIR), max_to_keep=1,
+        best_metric=best_metric, async_save=async_save)
 
   start_step = ckpt.latest_step()
   if start_step is not None:
@@ -178,15 +179,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   eval_every = int(config.eval.every_steps)
   ckpt_every = int(ckpt_cfg.every_steps)
   progress = _progress(start_step, total_steps, config)
-  pending = None
+  last_metrics = None
   for step, batch in batches.iterate(start_step, total_steps - start_step):
     state, metrics = train_step(state, batch, train_key)
     done = step + 1
     if done % log_every == 0 or done == total_steps:
-      pending = {k: float(v) for k, v in metrics.items()}
-      _check_finite(pending, done)
-      writer.write(done, {f"train/{k}": v for k, v in pending.items()})
-      progress.set_postfix({k: f"{v:.3g}" for k, v in pending.items()
+      last_metrics = {k: float(v) for k, v in metrics.items()}
+      _check_finite(last_metrics, done)
+      writer.write(done, {f"train/{k}": v for k, v in last_metrics.items()})
+      progress.set_postfix({k: f"{v:.3g}" for k, v in last_metrics.items()
                             if k in ("loss", "accuracy", "adv_accuracy")})
     progress.update(1)
     if eval_every and (done % eval_every == 0 or done == total_steps):
@@ -204,10 +205,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   report: dict[str, Any] = {"workdir": os.path.abspath(workdir),
                             "steps": total_steps, "model": spec,
                             "objective": config.objective.name}
-  if pending is not None:
-    report.update({f"train_{k}": v for k, v in pending.items()})
+  if last_metrics is not None:
+    report.update({f"train_{k}": v for k, v in last_metrics.items()})
   final = config.get("final_eval")
-  if final is not None and int(final.attack.steps) >= 0:
+  if final is not None:
     result = evaluation.evaluate(
         model, state.variables(), test_split, mesh, attack_cfg=final.attack,
         batch_size=int(final.batch_size),
