@@ -67,9 +67,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def best_step(self) -> int | None:
-    return self._manager.best_step()
-
   def save(self, step: int, state: Any, meta: Mapping[str, Any],
            metrics: Mapping[str, float] | None = None) -> None:
     """Starts saving ``state`` (a pytree of arrays) and ``meta`` (JSON)."""
@@ -78,11 +75,6 @@ class Checkpointer:
             STATE: ocp.args.StandardSave(state),
             META: ocp.args.JsonSave(dict(meta))}),
         metrics=dict(metrics) if metrics is not None else None, force=True)
-
-  def read_meta(self, step: int | None = None) -> dict[str, Any]:
-    step = self.latest_step() if step is None else step
-    return self._manager.restore(
-        step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
 
   def restore(self, abstract_state: Any, step: int | None = None) -> Any:
     """Restores the state at ``step`` (default newest) onto the shardings of
