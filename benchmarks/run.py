@@ -512,46 +512,40 @@ def main(argv=None) -> None:
       out[layout] = m
     return out
 
-  if "train" in args.workloads:
-    batch_np = make_batch(args.batch, args.seed)
-    jax_fns = {k: JaxTrain(setup, batch_np, args.seed, mesh)
+  def bench(name, batch_np, jax_cls, torch_step, reps, warmup):
+    """Times one workload: every JAX mesh variant against every PyTorch
+    layout, interleaved; appends and prints the result rows."""
+    jax_fns = {k: jax_cls(setup, batch_np, args.seed, mesh)
                for k, mesh in jax_meshes(jax_devices).items()}
-    print(f"[pgd10_at_step] JAX compile "
-          f"{jax_fns['jax'].compile_s:.1f} s", flush=True)
-    images = torch.from_numpy(batch_np["image"])
-    labels = torch.from_numpy(batch_np["label"]).long()
-    torch_fns = {}
-    for layout, m in torch_models().items():
-      s = tr.PGDATStep(m, eps=EPS, step_size=STEP, steps=10,
-                       channels_last=layout == "channels_last")
-      torch_fns[layout] = (lambda s=s: s(images, labels))
-    rows = run_workload("pgd10_at_step", args.batch, args.reps, args.warmup,
-                        jax_fns, torch_fns)
-    for row in rows:
-      row["jax_last_metrics"] = {
-          k: float(v) for k, v in jax_fns[row["jax_variant"]].metrics.items()}
-    report["results"].extend(rows)
-    print(format_table(rows), flush=True)
-    del jax_fns
-
-  if "eval" in args.workloads:
-    batch_np = make_batch(args.eval_batch, args.seed + 100)
-    jax_fns = {k: JaxEval(setup, batch_np, args.seed, mesh)
-               for k, mesh in jax_meshes(jax_devices).items()}
-    print(f"[pgd20_eval] JAX compile {jax_fns['jax'].compile_s:.1f} s",
+    print(f"[{name}] JAX compile {jax_fns['jax'].compile_s:.1f} s",
           flush=True)
     images = torch.from_numpy(batch_np["image"])
     labels = torch.from_numpy(batch_np["label"]).long()
     torch_fns = {}
     for layout, m in torch_models().items():
-      e = tr.PGDEval(m, eps=EPS, step_size=STEP, steps=20,
-                     channels_last=layout == "channels_last")
-      torch_fns[layout] = (lambda e=e: e(images, labels))
-    # One warm-up call is enough here: each call is ~20 pass-equivalents.
-    rows = run_workload("pgd20_eval", args.eval_batch, args.eval_reps,
-                        min(args.warmup, 1), jax_fns, torch_fns)
+      step = torch_step(m, channels_last=layout == "channels_last")
+      torch_fns[layout] = (lambda step=step: step(images, labels))
+    rows = run_workload(name, len(labels), reps, warmup, jax_fns, torch_fns)
+    for row in rows:
+      metrics = getattr(jax_fns[row["jax_variant"]], "metrics", None)
+      if metrics is not None:
+        row["jax_last_metrics"] = {k: float(v) for k, v in metrics.items()}
     report["results"].extend(rows)
     print(format_table(rows), flush=True)
+
+  if "train" in args.workloads:
+    bench("pgd10_at_step", make_batch(args.batch, args.seed), JaxTrain,
+          lambda m, channels_last: tr.PGDATStep(
+              m, eps=EPS, step_size=STEP, steps=10,
+              channels_last=channels_last),
+          args.reps, args.warmup)
+  if "eval" in args.workloads:
+    # One warm-up call is enough here: each call is ~20 pass-equivalents.
+    bench("pgd20_eval", make_batch(args.eval_batch, args.seed + 100), JaxEval,
+          lambda m, channels_last: tr.PGDEval(
+              m, eps=EPS, step_size=STEP, steps=20,
+              channels_last=channels_last),
+          args.eval_reps, min(args.warmup, 1))
 
   report["machine"]["load_average_at_end"] = os.getloadavg()
   table = format_table(report["results"])

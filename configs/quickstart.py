@@ -17,8 +17,8 @@ the first 1,000 test points.
 It should print lines like ``step 390 test: clean 36% | pgd10 23%`` and end
 with ``report: workdirs/quickstart/report.json {'test_clean_acc': ~0.49,
 'test_adv_acc': ~0.29}`` (measured: 48.7% / 29.2% with 2 CPU devices, 50.8% /
-29.0% with one; the spread between runs is a few points). Rerunning the same command resumes from the last
-checkpoint instead of starting again. ``:smoke`` shrinks it to under a minute.
+29.0% with one; the spread between runs is a few points). Rerunning the same
+command resumes from the last checkpoint instead of starting again. ``:smoke`` shrinks it to under a minute.
 """
 
 import ml_collections

@@ -447,12 +447,12 @@ def pgd(logits_fn: LogitsFn,
   objective = _label_objective(loss, y, targeted, target)
   init = "uniform" if random_start else "zero"
 
+  per_example = _is_per_example(key, x)
   best_x = best_success = best_value = None
   for r in range(restarts):  # unrolled, like the steps
     x_r = projected_gradient_ascent(
         lambda z: objective(logits_fn(z)), x,
-        key=None if key is None else _fold_in(
-            key, r, _is_per_example(key, x)), eps=eps,
+        key=None if key is None else _fold_in(key, r, per_example), eps=eps,
         step_size=step_size, steps=steps, norm=norm, init=init)
     if restarts == 1:
       return x_r

@@ -148,8 +148,7 @@ def eval_batches(split: ArraySplit, batch_size: int, mesh: Mesh,
     for start in range(0, n, batch_size):
       position = np.arange(start, start + batch_size, dtype=np.int32)
       mask = position < n
-      idx = position
-      idx = np.where(mask, idx, 0)  # any valid row; zeroed below
+      idx = np.where(mask, position, 0)  # any valid row; zeroed below
       images = split.images[idx[rows]]
       labels = split.labels[idx[rows]]
       images[~mask[rows]] = 0
