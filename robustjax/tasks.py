@@ -3,6 +3,8 @@
 ``train``     train_and_evaluate(config, workdir): training + evaluation.
 ``evaluate``  clean and PGD accuracy of a saved checkpoint (no model config
               needed: the checkpoint names its model).
+``interpolate``  the curve and loss barrier between two checkpoints
+              (robustjax/weightspace/task.py).
 """
 
 from __future__ import annotations
@@ -94,3 +96,120 @@ def evaluate_checkpoint(config: Any, workdir: str) -> dict[str, Any]:
   writer.close()
   write_report(workdir, report)
   return report
+
+
+@register("autoattack")
+def autoattack_checkpoint(config: Any, workdir: str) -> dict[str, Any]:
+  """AutoAttack on the first ``config.num_examples`` points of a split.
+
+  Config keys: ``checkpoint_path``, ``step``, ``best``, ``dataset``
+  (``name, source, data_dir, split``), ``num_examples`` (0 = all),
+  ``batch_size``, ``chunk_size``, ``autoattack`` (the fields of
+  ``robustjax.attacks.autoattack.AutoAttackConfig``; ``attacks`` as a comma
+  list, ``eot_iter=0`` for the version's own). Everything is validated
+  before any attack runs; ``WORKDIR/report.json`` is written at the end.
+  """
+  from robustjax.attacks import autoattack  # local: heavy import
+  from robustjax.training.loop import build_model
+  start = time.time()
+  aa = config.autoattack
+  overrides = dict(
+      eps=float(aa.eps), norm=str(aa.norm),
+      attacks=tuple(a.strip() for a in str(aa.get("attacks", "")).split(",")
+                    if a.strip()),
+      apgd_steps=int(aa.apgd_steps), apgd_restarts=int(aa.apgd_restarts),
+      n_target_classes=int(aa.n_target_classes), fab_steps=int(aa.fab_steps),
+      square_queries=int(aa.square_queries), seed=int(aa.seed))
+  if int(aa.get("eot_iter", 0)) > 0:
+    overrides["eot_iter"] = int(aa.eot_iter)
+  aa_config = autoattack.config_for(str(aa.version), **overrides)
+  restored, split, model, num_examples = _checkpoint_and_split(
+      config, build_model)
+  mesh = sharding.make_mesh(config.get("num_devices") or None)
+  variables = {"params": restored["params"],
+               "batch_stats": restored["batch_stats"]}
+  _check_variables_fit(model, variables, split)
+
+  def progress(row):
+    logging.info("autoattack %s: robust %.2f%% (%d/%d) %.1f s", row["attack"],
+                 100 * row["robust_acc"], row["robust_points"], num_examples,
+                 row["seconds"])
+
+  result = autoattack.run_autoattack(
+      lambda v, x, k: model.apply(v, x, train=False), variables,
+      split.images[:num_examples], split.labels[:num_examples], aa_config,
+      mesh=mesh, batch_size=int(config.batch_size),
+      chunk_size=int(config.get("chunk_size", 10)), on_attack=progress)
+  logging.info("%s: clean %.2f%% | autoattack %.2f%% (n=%d)",
+               config.checkpoint_path, 100 * result.clean_acc,
+               100 * result.robust_acc, num_examples)
+  report = dict(result.summary(aa_config),
+                checkpoint=str(config.checkpoint_path),
+                checkpoint_step=restored["step"],
+                model=restored["meta"]["model"],
+                dataset=str(config.dataset.name),
+                split=config.dataset.get("split", "test"),
+                seed=aa_config.seed, wall_time_s=round(time.time() - start, 1))
+  writer = MetricWriter(workdir)
+  writer.write(restored["step"], {"clean_acc": result.clean_acc,
+                                  "autoattack_acc": result.robust_acc})
+  writer.close()
+  write_report(workdir, report)
+  return report
+
+
+def _checkpoint_and_split(config: Any, build_model):
+  """The checkpoint, the split, the model and the number of points.
+
+  Raises ConfigError (before any work) for a missing checkpoint path, a
+  dataset whose class count differs from the model's, or more points than
+  the split holds.
+  """
+  if not config.get("checkpoint_path"):
+    raise ConfigError("set --config.checkpoint_path to a training workdir or "
+                      "a checkpoint step folder")
+  step = int(config.get("step", 0)) or None
+  restored = checkpoint.load(config.checkpoint_path, step,
+                             best=bool(config.get("best", False)))
+  spec = restored["meta"]["model"]
+  ds = config.dataset
+  split = data.load_split(ds.name, ds.get("split", "test"), source=ds.source,
+                          data_dir=ds.get("data_dir") or None)
+  if split.num_classes != spec["num_classes"]:
+    raise ConfigError(
+        f"the checkpoint's model has {spec['num_classes']} classes but "
+        f"dataset '{ds.name}' has {split.num_classes}; evaluate it on the "
+        "dataset it was trained on")
+  n = int(config.get("num_examples", 0)) or len(split)
+  if not 0 < n <= len(split):
+    raise ConfigError(f"num_examples={n} but the {ds.name} "
+                      f"{ds.get('split', 'test')} split holds {len(split)} "
+                      "points; ask for at most that many (0 = all)")
+  return restored, split, build_model(spec), n
+
+
+def _check_variables_fit(model, variables, split) -> None:
+  """ConfigError naming the first parameter whose path or shape differs."""
+  import jax  # local: keeps `launch.py --help` light
+  import numpy as np
+  expected = jax.eval_shape(
+      lambda: model.init(jax.random.key(0),
+                         np.zeros((1,) + split.images.shape[1:], np.float32),
+                         train=False))
+  want = {jax.tree_util.keystr(p): v.shape for p, v in
+          jax.tree_util.tree_leaves_with_path(dict(expected))}
+  have = {jax.tree_util.keystr(p): np.shape(v) for p, v in
+          jax.tree_util.tree_leaves_with_path(variables)}
+  for path in sorted(set(want) | set(have)):
+    if want.get(path) != have.get(path):
+      raise ConfigError(
+          f"the checkpoint does not fit its model: {path} is "
+          f"{have.get(path, 'missing')} in the checkpoint but the model "
+          f"expects {want.get(path, 'nothing')}; was the checkpoint written "
+          "by a different model?")
+
+
+@register("interpolate")
+def _interpolate(config: Any, workdir: str) -> dict[str, Any]:
+  from robustjax.weightspace.task import run_interpolate  # local: heavy import
+  return run_interpolate(config, workdir)
