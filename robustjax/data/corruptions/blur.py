@@ -1,0 +1,144 @@
+"""Blur corruptions: gaussian, glass, defocus, motion, zoom.
+
+Each is ``fn(key, image [H, W, C], severity) -> image`` on [0, 1] floats with
+CIFAR-10-C's constants (make_cifar_c.py). Where a corruption has random
+draws, ``*_draws(key, shape, severity)`` makes them and ``*_from`` applies
+them, so tests can feed the same draws to an independent implementation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robustjax.data.corruptions import _ops
+
+GAUSSIAN_SIGMA = (0.4, 0.6, 0.7, 0.8, 1.0)
+# (sigma, max_delta, iterations)
+GLASS = ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))
+# (disk radius, alias blur sigma)
+DEFOCUS = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))
+# (radius, sigma) of ImageMagick's motion blur; the angle is U(-45, 45).
+MOTION = ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))
+# Zoom factors. np.arange with a float step, exactly as the reference wrote
+# it: its end points are included (1.00..1.06 at severity 1: 7 zooms).
+ZOOM_ENDS = (1.06, 1.11, 1.16, 1.21, 1.26)
+
+
+def zoom_factors(severity: int) -> np.ndarray:
+  return np.arange(1, ZOOM_ENDS[severity - 1], 0.01)
+
+
+def gaussian_blur(key: jax.Array, x: jax.Array, severity: int) -> jax.Array:
+  """Gaussian blur per channel (scipy/scikit-image: 'nearest' border,
+  truncated at 4 sigma)."""
+  del key
+  return jnp.clip(_ops.gaussian_filter(x, GAUSSIAN_SIGMA[severity - 1]), 0, 1)
+
+
+# ------------------------------------------------------------------- glass
+
+def glass_draws(key: jax.Array, shape: tuple[int, ...], severity: int
+                ) -> jax.Array:
+  """int32 ``[iterations, H, W, 2]``: the ``(dx, dy)`` of each visited
+  pixel, uniform in ``[-max_delta, max_delta)`` (numpy's randint excludes
+  the upper bound, so with max_delta 1 the offsets are -1 or 0)."""
+  _, delta, iterations = GLASS[severity - 1]
+  return jax.random.randint(key, (iterations, shape[0], shape[1], 2),
+                            -delta, delta)
+
+
+def glass_blur_from(x: jax.Array, offsets: jax.Array, severity: int
+                    ) -> jax.Array:
+  """Blur, truncate to uint8 levels, move pixels locally, blur again.
+
+  The reference visits rows and columns from ``H - max_delta`` down to
+  ``max_delta + 1`` and "swaps" ``x[h, w]`` with ``x[h + dy, w + dx]``. The
+  swap is a tuple assignment of numpy row views, so it is really a copy
+  (``x[h, w] = x[h + dy, w + dx]``; the source keeps its value). With
+  offsets in {-1, 0} the source is never visited before its target within a
+  pass, so one pass equals a parallel gather from the pass's input, which
+  is what this computes (exact, not an approximation).
+  """
+  sigma, delta, iterations = GLASS[severity - 1]
+  assert delta == 1, "the gather form is exact for max_delta == 1 only"
+  h, w = x.shape[:2]
+  x = jnp.floor(_ops.gaussian_filter(x, sigma) * 255.0 + 1e-3) / 255.0
+  rows = jnp.arange(h)[:, None]
+  cols = jnp.arange(w)[None, :]
+  visited = (rows >= delta + 1) & (cols >= delta + 1)
+  for it in range(iterations):
+    dx, dy = offsets[it, ..., 0], offsets[it, ..., 1]
+    src_r = jnp.where(visited, rows + dy, rows)
+    src_c = jnp.where(visited, cols + dx, cols)
+    x = x[src_r, src_c]
+  return jnp.clip(_ops.gaussian_filter(x, sigma), 0, 1)
+
+
+def glass_blur(key: jax.Array, x: jax.Array, severity: int) -> jax.Array:
+  return glass_blur_from(x, glass_draws(key, x.shape, severity), severity)
+
+
+# ----------------------------------------------------------------- defocus
+
+@functools.lru_cache(maxsize=None)
+def defocus_kernel(radius: float, alias_blur: float) -> np.ndarray:
+  """float32 ``[17, 17]``: the disk ``x^2 + y^2 <= radius^2`` on the grid
+  -8..8, normalised, then smoothed by a 3x3 Gaussian of ``alias_blur``
+  (OpenCV GaussianBlur, reflect-101 border) to antialias it."""
+  grid = np.arange(-8, 9)
+  xx, yy = np.meshgrid(grid, grid)
+  disk = ((xx ** 2 + yy ** 2) <= radius ** 2).astype(np.float64)
+  disk /= disk.sum()
+  g = np.exp(-np.arange(-1, 2) ** 2 / (2.0 * alias_blur ** 2))
+  g /= g.sum()
+  padded = np.pad(disk, 1, mode="reflect")  # numpy 'reflect' = reflect-101
+  tmp = sum(g[k] * padded[k:k + 17, :] for k in range(3))
+  out = sum(g[k] * tmp[:, k:k + 17] for k in range(3))
+  return out.astype(np.float32)
+
+
+def defocus_blur(key: jax.Array, x: jax.Array, severity: int) -> jax.Array:
+  """Disk-shaped lens blur (``cv2.filter2D`` with reflect-101 border)."""
+  del key
+  kernel = defocus_kernel(*DEFOCUS[severity - 1])
+  return jnp.clip(_ops.filter2d(x, kernel, "reflect101"), 0, 1)
+
+
+# ------------------------------------------------------------------ motion
+
+def motion_draws(key: jax.Array, shape: tuple[int, ...], severity: int
+                 ) -> jax.Array:
+  """The blur angle in degrees, U(-45, 45) (a scalar)."""
+  del shape, severity
+  return jax.random.uniform(key, (), minval=-45.0, maxval=45.0)
+
+
+def motion_blur_from(x: jax.Array, angle: jax.Array, severity: int
+                     ) -> jax.Array:
+  """ImageMagick's motion blur (a one-sided Gaussian line kernel, see
+  ``_ops.motion_blur``) and the 8-bit PNG round trip around it."""
+  radius, sigma = MOTION[severity - 1]
+  return _ops.quantize(_ops.motion_blur(x, radius, sigma, angle))
+
+
+def motion_blur(key: jax.Array, x: jax.Array, severity: int) -> jax.Array:
+  return motion_blur_from(x, motion_draws(key, x.shape, severity), severity)
+
+
+# -------------------------------------------------------------------- zoom
+
+def zoom_blur(key: jax.Array, x: jax.Array, severity: int) -> jax.Array:
+  """Mean of the image and its centre zooms by each factor (scipy zoom,
+  linear interpolation; a factor's zoom is ``A x A^T``)."""
+  del key
+  size = x.shape[0]
+  assert x.shape[1] == size, "zoom_blur needs square images"
+  out = x
+  for factor in zoom_factors(severity):
+    a = _ops.clipped_zoom_matrix(size, float(factor))
+    out = out + _ops.apply_matrix(x, a, a)
+  return jnp.clip(out / (len(zoom_factors(severity)) + 1), 0, 1)
