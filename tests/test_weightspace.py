@@ -449,3 +449,36 @@ def test_interpolate_task_through_launch(saved, tmp_path):
             if line.startswith("error:")]
   assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
   assert "allow_extrapolation" in errors[0] and not bad.exists()
+
+
+def test_notebook_runs_top_to_bottom(saved, tmp_path):
+  """experiments/weight_space.ipynb on the tiny checkpoints, via nbclient."""
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  notebook = nbformat.read(os.path.join(ROOT, "experiments",
+                                        "weight_space.ipynb"), as_version=4)
+  env = {"WS_CHECKPOINT_A": saved[0], "WS_CHECKPOINT_B": saved[1],
+         "WS_NUM_EXAMPLES": "32", "WS_BATCH_SIZE": "32", "WS_PGD_STEPS": "2",
+         "WS_NUM_ALPHAS": "3", "WS_SHARPNESS_EXAMPLES": "16",
+         "WS_SHARPNESS_STEPS": "2",
+         "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+  old = {k: os.environ.get(k) for k in [*env, "MPLBACKEND"]}
+  os.environ.update(env)  # the kernel inherits this process's environment
+  os.environ.pop("MPLBACKEND", None)  # the inline backend renders the PNGs
+  try:
+    client = nbclient.NotebookClient(
+        notebook, timeout=240, kernel_name="python3",
+        resources={"metadata": {"path": ROOT}})
+    client.execute()
+  finally:
+    for key, value in old.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value
+  outputs = "".join(o.get("text", "") for cell in notebook.cells
+                    if cell.cell_type == "code" for o in cell.outputs)
+  assert "barrier" in outputs and "stragglers:" in outputs
+  images = [o for cell in notebook.cells if cell.cell_type == "code"
+            for o in cell.outputs if "image/png" in o.get("data", {})]
+  assert len(images) == 3  # curve, distances, sharpness
