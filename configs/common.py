@@ -50,7 +50,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress_bar = True
   c.model = dict(name="resnet18", width=1.0)
   c.dataset = dict(name="cifar10", source="embedded", data_dir="",
-                   val_size=0, val_seed=0, augment=True)
+                   val_size=0, val_seed=0, augment=True,
+                   # CIFAR-10-C style copies of the splits (RWS-style
+                   # training): names = a corruption, a list (rift18 ...)
+                   # or none; mode single (one type) or random (per image).
+                   corruption=dict(names="none", severities=(5,),
+                                   mode="single", seed=0, splits="train,test"))
   c.objective = dict(name="pgd_at", eps=EPS, step_size=2 / 255, steps=10,
                      beta=6.0, random_start=True)
   c.optimizer = dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,

@@ -2,7 +2,8 @@
 
 ``train``     train_and_evaluate(config, workdir): training + evaluation.
 ``evaluate``  clean and PGD accuracy of a saved checkpoint (no model config
-              needed: the checkpoint names its model).
+              needed: the checkpoint names its model), and optionally its
+              accuracy under CIFAR-10-C corruptions (``config.ood``).
 ``interpolate``  the curve and loss barrier between two checkpoints
               (robustjax/weightspace/task.py).
 """
@@ -55,7 +56,9 @@ def evaluate_checkpoint(config: Any, workdir: str) -> dict[str, Any]:
   Config keys: ``checkpoint_path`` (a workdir or step folder), ``step``
   (0 = newest), ``best`` (read the best checkpoint), ``dataset`` (``name,
   source, data_dir, split``), ``eval`` (``num_examples`` (0 = all),
-  ``batch_size``, ``attack``), ``seed``. Writes ``WORKDIR/report.json``.
+  ``batch_size``, ``attack``), ``seed``, ``ood`` (``corruptions``: a list
+  name or ``none``, ``severities``, ``source``, ``data_dir``,
+  ``num_examples``, ``batch_size``). Writes ``WORKDIR/report.json``.
   """
   from robustjax.training.loop import build_model  # local: heavy import
   start = time.time()
@@ -63,6 +66,7 @@ def evaluate_checkpoint(config: Any, workdir: str) -> dict[str, Any]:
     raise ConfigError("set --config.checkpoint_path to a training workdir or "
                       "a checkpoint step folder")
   evaluation.validate_attack(config.eval.attack)
+  ood_cfg = _ood_config(config)
   step = int(config.get("step", 0)) or None
   restored = checkpoint.load(config.checkpoint_path, step,
                              best=bool(config.get("best", False)))
@@ -90,6 +94,13 @@ def evaluate_checkpoint(config: Any, workdir: str) -> dict[str, Any]:
                 checkpoint_step=restored["step"], model=spec,
                 split=ds.get("split", "test"), eps=float(config.eval.attack.eps),
                 wall_time_s=round(time.time() - start, 1))
+  if ood_cfg is not None:
+    ood = _evaluate_ood(model, variables, split, mesh, config, ood_cfg)
+    logging.info("%s: %s", config.checkpoint_path, evaluation.format_corruptions(
+        ood, ood_cfg["label"]))
+    report.update(ood, ood_list=ood_cfg["label"],
+                  wall_time_s=round(time.time() - start, 1))
+    result = dict(result, ood_acc=ood["ood_acc"])
   writer = MetricWriter(workdir)
   writer.write(restored["step"], {k: v for k, v in result.items()
                                   if k != "attack"})
@@ -213,3 +224,44 @@ def _check_variables_fit(model, variables, split) -> None:
 def _interpolate(config: Any, workdir: str) -> dict[str, Any]:
   from robustjax.weightspace.task import run_interpolate  # local: heavy import
   return run_interpolate(config, workdir)
+
+
+def _ood_config(config: Any) -> dict[str, Any] | None:
+  """The checked ``config.ood`` block, or None when OOD evaluation is off."""
+  from robustjax.data import corruptions  # local: keeps tasks import light
+  ood = config.get("ood")
+  if ood is None or str(ood.get("corruptions", "none")) in ("", "none"):
+    return None
+  names = corruptions.resolve(str(ood.corruptions))
+  severities = tuple(int(s) for s in ood.get("severities", (1, 2, 3, 4, 5)))
+  for s in severities:
+    corruptions.check_severity(s)
+  source = ood.get("source", "generated")
+  if source not in ("generated", "tfds"):
+    raise ConfigError(f"ood.source={source!r}; use 'generated' (corrupt on "
+                      "the fly) or 'tfds' (the official cifar10_corrupted "
+                      "files)")
+  label = str(ood.corruptions) if str(ood.corruptions) in \
+      corruptions.NAMED_LISTS else "custom"
+  return {"names": names, "severities": severities, "source": source,
+          "label": label}
+
+
+def _evaluate_ood(model, variables, split, mesh, config, ood_cfg):
+  from robustjax.data import corrupted  # local: keeps tasks import light
+  ood = config.ood
+  loader = None
+  if ood_cfg["source"] == "tfds":
+    if config.dataset.name != "cifar10":
+      raise ConfigError("ood.source='tfds' reads cifar10_corrupted, which "
+                        "fits cifar10 models only; use ood.source='generated'")
+    data_dir = ood.get("data_dir") or None
+    loader = lambda name, sev: corrupted.load_cifar10_corrupted(  # noqa: E731
+        name, sev, data_dir)
+  n = int(ood.get("num_examples", 0)) or int(config.eval.num_examples) or None
+  batch_size = int(ood.get("batch_size", 0)) or int(config.eval.batch_size)
+  return evaluation.evaluate_corruptions(
+      model, variables, split, mesh, corruptions=ood_cfg["names"],
+      severities=ood_cfg["severities"], batch_size=batch_size,
+      num_examples=n, seed=int(config.get("seed", 0)),
+      corrupted_splits=loader)

@@ -37,7 +37,14 @@ def load_tfds(name: str, split: str,
   Raises:
     ConfigError: TFDS is missing, or the data cannot be found or prepared.
   """
-  tfds_name = TFDS_NAMES[name]
+  return load_tfds_builder(TFDS_NAMES[name], split, data_dir)
+
+
+def load_tfds_builder(tfds_name: str, split: str,
+                      data_dir: str | os.PathLike | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """``load_tfds`` by TFDS builder name (with config, e.g.
+  ``cifar10_corrupted/fog_3``)."""
   try:
     import tensorflow_datasets as tfds  # lazy: pulls in TensorFlow
   except ImportError as e:

@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from robustjax import checkpoint, data, evaluation, models, sharding
+from robustjax.data import corrupted
 from robustjax.errors import ConfigError
 from robustjax.metrics import MetricWriter, write_report
 from robustjax.training import objectives, optimizer, step as step_lib
@@ -55,6 +56,11 @@ def load_data(config: Any):
   if int(ds.get("val_size", 0)) > 0:
     train, val = data.holdout_split(train, int(ds.val_size),
                                     seed=int(ds.get("val_seed", 0)))
+  # Corrupted copies (dataset.corruption, e.g. RWS's per-corruption models).
+  cc = ds.get("corruption")
+  train = corrupted.from_config(train, cc, "train")
+  val = corrupted.from_config(val, cc, "val") if val is not None else None
+  test = corrupted.from_config(test, cc, "test")
   return train, val, test
 
 
@@ -88,6 +94,7 @@ def validate(config: Any) -> None:
   if config.dataset.name not in data.DATASETS:
     data.load_split(config.dataset.name, "test",
                     source=config.dataset.source)  # raises
+  corrupted.validate_config(config.dataset.get("corruption"))
   objectives.validate(config.objective)
   evaluation.validate_attack(config.eval.attack)
   optimizer.make_schedule(config.optimizer, 10)

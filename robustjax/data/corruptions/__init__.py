@@ -127,6 +127,16 @@ def _batched(name: str, severity: int):
   return run
 
 
+def batched_fn(name: str, severity: int
+               ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """The jitted ``(keys [B], images [B, H, W, C]) -> images`` of one
+  corruption and severity, without input checks: for use inside other
+  compiled functions (values cannot be checked while tracing)."""
+  check_name(name)
+  check_severity(severity)
+  return _batched(name, int(severity))
+
+
 def apply_per_example(name: str, keys: jax.Array, images: jax.Array,
                       severity: int) -> jax.Array:
   """Corrupts image i with ``keys[i]``.
@@ -178,5 +188,6 @@ def to_uint8(images: jax.Array, rounding: str = "floor") -> jax.Array:
 __all__ = [
     "BENCHMARK_15", "CORRUPTIONS", "EXTRA_4", "HOST_CORRUPTIONS",
     "NAMED_LISTS", "RIFT_18", "SEVERITIES", "apply", "apply_per_example",
+    "batched_fn",
     "resolve", "to_uint8",
 ]
