@@ -1,0 +1,246 @@
+"""APGD (Croce & Hein 2020): auto-step-size PGD with momentum, CE or DLR.
+
+Follows ``autopgd_base.py`` of fra31/auto-attack (and torchattacks' port):
+
+  * start uniformly on the Linf sphere (``eps * t / max|t|``) or on the L2
+    sphere, clipped to [0, 1]; the first step size is ``2 * eps``;
+  * step ``z = P(x_k + eta * sign(g))`` (L2: ``g / ||g||``), then momentum
+    ``x_{k+1} = P(x_k + 0.75 (z - x_k) + 0.25 (x_k - x_{k-1}))`` (no momentum
+    at the first step);
+  * checkpoints: the first after ``0.22 * steps`` iterations, then windows
+    shrinking by ``0.03 * steps`` down to ``0.06 * steps``. At a checkpoint an
+    example halves its step and restarts from its best point if the loss rose
+    in at most ``rho = 0.75`` of the window's steps, or if the best loss did
+    not improve since the last checkpoint and the step was not halved then;
+  * the result is the last misclassified iterate (else the start point) and
+    whether the example stayed robust.
+
+Every quantity is per example. One quirk of the reference is kept on
+purpose: its loss history starts as zeros, so the first window compares the
+first loss with 0 (for CE, always an increase; for DLR, rarely).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robustjax.attacks import iterative as it
+from robustjax.attacks.losses import cross_entropy, dlr, targeted_dlr
+from robustjax.attacks.pgd import (NORMS, _check_choice, _check_eps,
+                                   _check_images, _check_labels, _static_float,
+                                   _static_int)
+from robustjax.errors import ConfigError
+
+APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
+MOMENTUM = 0.75
+
+
+def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
+  """Where APGD checks its step size, and the window length at each check.
+
+  Returns:
+    ``(is_check [steps] bool, window [steps] int)``; ``window[i]`` is the
+    number of iterations the check at ``i`` looks back over (0 elsewhere).
+    For 100 steps the checks fall at iterations 21, 40, 56, 69, 79, 86, 92
+    and 98 (windows 22, 19, 16, 13, 10, 7, 6, 6).
+  """
+  k = max(int(0.22 * steps), 1)
+  k_min = max(int(0.06 * steps), 1)
+  decrease = max(int(0.03 * steps), 1)
+  is_check = np.zeros(steps, bool)
+  window = np.zeros(steps, np.int32)
+  counter = 0
+  for i in range(steps):
+    counter += 1
+    if counter == k:
+      is_check[i], window[i] = True, k
+      counter = 0
+      k = max(k - decrease, k_min)
+  return is_check, window
+
+
+def _project(z: jax.Array, x: jax.Array, eps: float, norm: str) -> jax.Array:
+  """The reference's projection onto the ball, then [0, 1]."""
+  if norm == "linf":
+    return jnp.clip(jnp.clip(z, x - eps, x + eps), 0.0, 1.0)
+  d = z - x
+  n = it.expand(it.l2_norm(d), d)
+  return jnp.clip(x + d / (n + 1e-12) * jnp.minimum(eps, n + 1e-12), 0.0,
+                  1.0)
+
+
+def _loss_fn(loss: str) -> Callable[[jax.Array, jax.Array, jax.Array],
+                                    jax.Array]:
+  if loss == "ce":
+    return lambda logits, y, t: cross_entropy(logits, y)
+  if loss == "dlr":
+    return lambda logits, y, t: dlr(logits, y)
+  return targeted_dlr  # (logits, y, target)
+
+
+def init_state(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
+               keys: jax.Array, *, eps: float, norm: str, loss: str,
+               target: jax.Array | None = None, eot_iter: int = 1
+               ) -> it.State:
+  """The random start and its loss and gradient: APGD's state at step 0."""
+  if norm == "linf":
+    t = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0,
+                                              1.0))(keys)
+    x_adv = x + eps * t / it.expand(it.linf_norm(t), t)
+  else:
+    t = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
+    x_adv = x + eps * t / (it.expand(it.l2_norm(t), t) + 1e-12)
+  x_adv = jnp.clip(x_adv, 0.0, 1.0)
+  loss_i, grad, logits = _loss_and_grad(logits_fn, x_adv, y, target, keys,
+                                        _loss_fn(loss), eot_iter, 0)
+  batch = x.shape[0]
+  return dict(
+      x_adv=x_adv, x_adv_old=x_adv, grad=grad,
+      x_best=x_adv, grad_best=grad, loss_best=loss_i,
+      x_best_adv=x_adv, robust=jnp.argmax(logits, -1) == y,
+      step_size=jnp.full((batch,), 2.0 * eps, x.dtype),
+      loss_prev=jnp.zeros((batch,), jnp.float32),
+      n_increase=jnp.zeros((batch,), jnp.int32),
+      loss_best_last_check=loss_i,
+      reduced_last_check=jnp.ones((batch,), bool))
+
+
+def _loss_and_grad(logits_fn, x_adv, y, target, keys, loss_fn, eot_iter,
+                   salt):
+  """Per-example loss ``[B]``, the EOT-averaged gradient, the last logits."""
+
+  def total(z, key):
+    logits = logits_fn(z, key)
+    per_example = loss_fn(logits, y, target)
+    return jnp.sum(per_example), (per_example, logits)
+
+  grad_fn = jax.grad(total, has_aux=True)
+  grad = jnp.zeros_like(x_adv)
+  for e in range(eot_iter):
+    g, (loss_i, logits) = grad_fn(x_adv, it.batch_key(keys, salt * eot_iter
+                                                      + e))
+    grad = grad + g
+  return loss_i, grad / float(eot_iter), logits
+
+
+def make_step(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
+              keys: jax.Array, *, eps: float, norm: str, loss: str,
+              steps: int, target: jax.Array | None = None,
+              rho: float = 0.75, eot_iter: int = 1
+              ) -> Callable[[it.State, jax.Array], it.State]:
+  """``step(state, i) -> state``: APGD iteration ``i`` (``i`` may be traced)."""
+  is_check_tab, window_tab = (jnp.asarray(a) for a in
+                              checkpoint_schedule(steps))
+  loss_fn = _loss_fn(loss)
+
+  def step(s: it.State, i: jax.Array) -> it.State:
+    x_adv, ss = s["x_adv"], it.expand(s["step_size"], x)
+    grad2 = x_adv - s["x_adv_old"]
+    a = jnp.where(i > 0, MOMENTUM, 1.0).astype(x.dtype)
+    if norm == "linf":
+      z = _project(x_adv + ss * jnp.sign(s["grad"]), x, eps, norm)
+    else:
+      g = s["grad"]
+      z = _project(x_adv + ss * g / (it.expand(it.l2_norm(g), g) + 1e-12), x,
+                   eps, norm)
+    x_new = _project(x_adv + (z - x_adv) * a + grad2 * (1 - a), x, eps, norm)
+
+    loss_i, grad, logits = _loss_and_grad(logits_fn, x_new, y, target, keys,
+                                          loss_fn, eot_iter, i + 1)
+    correct = jnp.argmax(logits, -1) == y
+    x_best_adv = it.where_b(~correct, x_new, s["x_best_adv"])
+    improved = loss_i > s["loss_best"]
+    x_best = it.where_b(improved, x_new, s["x_best"])
+    grad_best = it.where_b(improved, grad, s["grad_best"])
+    loss_best = jnp.where(improved, loss_i, s["loss_best"])
+    n_increase = s["n_increase"] + (loss_i > s["loss_prev"]).astype(jnp.int32)
+
+    # The step-size check, applied only at checkpoint iterations.
+    check, k = is_check_tab[i], window_tab[i]
+    oscillating = n_increase.astype(jnp.float32) <= k.astype(
+        jnp.float32) * rho
+    stalled = ~s["reduced_last_check"] & (s["loss_best_last_check"]
+                                          >= loss_best)
+    reduce = check & (oscillating | stalled)
+    return dict(
+        x_adv=it.where_b(reduce, x_best, x_new), x_adv_old=x_adv,
+        grad=it.where_b(reduce, grad_best, grad),
+        x_best=x_best, grad_best=grad_best, loss_best=loss_best,
+        x_best_adv=x_best_adv, robust=s["robust"] & correct,
+        step_size=jnp.where(reduce, s["step_size"] / 2, s["step_size"]),
+        loss_prev=loss_i,
+        n_increase=jnp.where(check, 0, n_increase),
+        loss_best_last_check=jnp.where(check, loss_best,
+                                       s["loss_best_last_check"]),
+        reduced_last_check=jnp.where(check, reduce,
+                                     s["reduced_last_check"]))
+
+  return step
+
+
+def check_args(eps, norm: str, loss: str, steps: int, rho: float,
+               eot_iter: int, restarts: int = 1) -> tuple:
+  """Validated ``(eps, norm, loss, steps, rho, eot_iter, restarts)``."""
+  eps = _check_eps(eps)
+  norm = _check_choice("norm", norm, NORMS)
+  loss = _check_choice("loss", loss, APGD_LOSSES)
+  steps = _static_int("steps", steps, 1)
+  rho = _static_float("rho", rho)
+  if not 0.0 < rho <= 1.0:
+    raise ConfigError(f"rho={rho} must be in (0, 1]; the reference uses 0.75")
+  return (eps, norm, loss, steps, rho, _static_int("eot_iter", eot_iter, 1),
+          _static_int("restarts", restarts, 1))
+
+
+def apgd(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
+         key: jax.Array, eps: float, norm: str = "linf", steps: int = 100,
+         loss: str = "ce", target: jax.Array | None = None,
+         restarts: int = 1, rho: float = 0.75, eot_iter: int = 1,
+         keyed: bool = False) -> tuple[jax.Array, jax.Array]:
+  """APGD in one traceable function (every iteration unrolled).
+
+  Args:
+    logits_fn: ``x [B, ...] -> [B, C]`` in inference mode, or, with
+      ``keyed=True``, ``(x, key) -> [B, C]`` for a randomised model.
+    x: ``[B, H, W, C]`` float images in [0, 1].
+    y: ``[B]`` int labels.
+    key: one PRNG key or a typed key array ``[B]`` (one per example, which
+      makes each example's result independent of its batch).
+    eps: radius in [0, 1] pixel units.
+    norm: ``'linf'`` or ``'l2'``.
+    steps: iterations per restart (100 in AutoAttack).
+    loss: ``'ce'``, ``'dlr'`` or ``'dlr-targeted'`` (needs ``target``).
+    target: ``[B]`` int target classes for ``'dlr-targeted'``.
+    restarts: independent runs; an example keeps the first that fools it.
+    rho: the oscillation threshold of the step-size rule.
+    eot_iter: gradients averaged per step (EOT for randomised models).
+
+  Returns:
+    ``(x_adv, robust)``: ``x_adv [B, ...]`` (the clean image where no
+    adversarial example was found) and ``robust [B]`` bool.
+  """
+  eps, norm, loss, steps, rho, eot_iter, restarts = check_args(
+      eps, norm, loss, steps, rho, eot_iter, restarts)
+  x = _check_images(x)
+  y = _check_labels("y", y, x)
+  if (loss == "dlr-targeted") != (target is not None):
+    raise ConfigError("apgd: pass target= exactly when loss='dlr-targeted'")
+  fn = logits_fn if keyed else (lambda z, k: logits_fn(z))  # noqa: E731
+  keys = it.example_keys(key, x.shape[0])
+  x_adv, robust = x, jnp.ones(x.shape[:1], bool)
+  for r in range(restarts):
+    keys_r = it.fold_in_each(keys, r)
+    state = init_state(fn, x, y, keys_r, eps=eps, norm=norm, loss=loss,
+                       target=target, eot_iter=eot_iter)
+    step = make_step(fn, x, y, keys_r, eps=eps, norm=norm, loss=loss,
+                     steps=steps, target=target, rho=rho, eot_iter=eot_iter)
+    state = it.run_steps(step, state, 0, steps)
+    newly = robust & ~state["robust"]
+    x_adv = it.where_b(newly, state["x_best_adv"], x_adv)
+    robust = robust & state["robust"]
+  return jax.lax.stop_gradient(x_adv), robust
+

@@ -1,0 +1,433 @@
+"""AutoAttack (Croce & Hein 2020): the standard cascade, ``rand`` and custom.
+
+``run_autoattack`` follows fra31/auto-attack's ``run_standard_evaluation``:
+
+  1. a clean pass; misclassified points count as broken;
+  2. each attack of the version runs only on the points still robust,
+     starting from the clean image, and a point is broken when a fresh
+     forward pass on the attack's output misclassifies it (never by the
+     attack's own bookkeeping); targeted attacks loop over the top-9
+     non-true classes of the clean logits, each on the points still robust;
+  3. the result is the per-example worst case, and the final adversarial
+     examples are checked: inside the eps ball and [0, 1], and misclassified
+     exactly where the cascade says so.
+
+Versions (the reference's hyper-parameters):
+
+  ``standard``  APGD-CE (100 steps), APGD-T (100 steps x 9 targets),
+                FAB-T (100 steps x 9 targets), Square (5000 queries)
+  ``rand``      APGD-CE and APGD-DLR with EOT over 20 gradient samples
+  ``custom``    any list of ``apgd-ce``, ``apgd-dlr``, ``apgd-t``,
+                ``fab-t``, ``square``
+
+The cascade runs on the host over fixed-size padded batches of the points
+still robust (one compiled program per attack and batch size, the batch
+sharded over the mesh). Every random number is drawn from
+``fold_in(attack_key, example_index)``, so the result does not depend on the
+batch size or the number of devices (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robustjax import sharding
+from robustjax.attacks import apgd as apgd_lib
+from robustjax.attacks import fab as fab_lib
+from robustjax.attacks import iterative as it
+from robustjax.attacks import square as square_lib
+from robustjax.attacks.pgd import NORMS, _check_choice, _check_eps
+from robustjax.errors import ConfigError
+
+# ``apply_fn(variables, x, key) -> logits``; deterministic models ignore key.
+ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+VERSIONS = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+# How far outside the ball a returned point may lie: float rounding only.
+BALL_TOLERANCE = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoAttackConfig:
+  """Hyper-parameters of the cascade; defaults are the reference's."""
+  eps: float = 8 / 255
+  norm: str = "linf"
+  version: str = "standard"
+  attacks: tuple[str, ...] = ()      # only for version='custom'
+  apgd_steps: int = 100
+  apgd_restarts: int = 1
+  apgd_rho: float = 0.75
+  eot_iter: int = 1                  # 20 for version='rand'
+  n_target_classes: int = 9
+  fab_steps: int = 100
+  square_queries: int = 5000
+  square_p_init: float = 0.8
+  seed: int = 0
+
+  def attack_list(self) -> tuple[str, ...]:
+    if self.version == "custom":
+      return self.attacks
+    return VERSIONS[self.version]
+
+  def validated(self) -> "AutoAttackConfig":
+    """Self, or a one-line ConfigError naming the bad value and the fix."""
+    _check_eps(self.eps)
+    _check_choice("norm", self.norm, NORMS)
+    _check_choice("version", self.version, tuple(VERSIONS) + ("custom",))
+    if self.version == "custom":
+      if not self.attacks:
+        raise ConfigError("version='custom' needs attacks, e.g. "
+                          "attacks=('apgd-ce', 'square')")
+      for name in self.attacks:
+        _check_choice("attack", name, ATTACKS)
+    elif self.attacks:
+      raise ConfigError(f"attacks={list(self.attacks)} only applies to "
+                        f"version='custom' (got version={self.version!r})")
+    for name in ("apgd_steps", "apgd_restarts", "eot_iter",
+                 "n_target_classes", "fab_steps", "square_queries"):
+      if int(getattr(self, name)) < 1:
+        raise ConfigError(f"autoattack {name} must be >= 1, got "
+                          f"{getattr(self, name)}")
+    return self
+
+
+def config_for(version: str = "standard", **overrides) -> AutoAttackConfig:
+  """The reference settings of ``version``, with ``overrides`` applied."""
+  if version == "rand":
+    overrides.setdefault("eot_iter", 20)
+  return AutoAttackConfig(version=version, **overrides).validated()
+
+
+@dataclasses.dataclass
+class AutoAttackResult:
+  """What the cascade found. Accuracies are fractions in [0, 1].
+
+  ``x_adv [N, H, W, C]`` holds the adversarial example of every broken point
+  and the clean image of every robust one; ``robust [N]`` is True where no
+  attack succeeded (and the point was classified correctly).
+  """
+  clean_acc: float
+  robust_acc: float
+  by_attack: list[dict[str, Any]]
+  x_adv: np.ndarray
+  robust: np.ndarray
+  clean_correct: np.ndarray
+  max_perturbation: float
+  seconds: float
+
+  def summary(self, config: AutoAttackConfig) -> dict[str, Any]:
+    """The JSON-ready report: the numbers of ``report.json``."""
+    return {
+        "clean_acc": self.clean_acc,
+        "robust_acc": self.robust_acc,
+        "robust_acc_after": {a["attack"]: a["robust_acc"]
+                             for a in self.by_attack},
+        "by_attack": self.by_attack,
+        "eps": config.eps, "norm": config.norm, "version": config.version,
+        "attacks": list(config.attack_list()),
+        "num_examples": int(self.robust.shape[0]),
+        "max_perturbation": self.max_perturbation,
+        "attack_time_s": round(self.seconds, 1),
+    }
+
+
+class _Compiled:
+  """Jitted init / chunk / finish functions of one attack, cached by shape."""
+
+  def __init__(self, mesh, init, chunk, finish):
+    rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    # (variables, x, y, target, keys) -> state
+    self.init = jax.jit(init, in_shardings=(rep, bat, bat, bat, bat),
+                        out_shardings=bat)
+    # (variables, state, x, y, target, keys, start) -> state
+    self.chunk = jax.jit(chunk, in_shardings=(rep, bat, bat, bat, bat, bat,
+                                              rep),
+                         out_shardings=bat, donate_argnums=(1,))
+    # (state, x) -> (x_adv, robust)
+    self.finish = jax.jit(finish, in_shardings=(bat, bat),
+                          out_shardings=bat)
+
+
+def _keyed(apply_fn: ApplyFn, variables):
+  return lambda z, k: apply_fn(variables, z, k)
+
+
+def _unkeyed(apply_fn: ApplyFn, variables):
+  # Square and FAB are run on deterministic models in every version; the key
+  # passed is fixed so a randomised model still gets a valid one.
+  return lambda z: apply_fn(variables, z, jax.random.key(0))
+
+
+@functools.lru_cache(maxsize=32)
+def _build(name: str, cfg: AutoAttackConfig, apply_fn: ApplyFn, mesh,
+           chunk_size: int) -> tuple[_Compiled, list[tuple[int, int]]]:
+  """The compiled pieces of attack ``name`` and its chunk plan.
+
+  Cached, so attacking several checkpoints of one model (same ``apply_fn``
+  object) compiles each attack once per batch shape.
+  """
+  if name.startswith("apgd"):
+    loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}[name]
+    kwargs = dict(eps=cfg.eps, norm=cfg.norm, loss=loss,
+                  eot_iter=cfg.eot_iter)
+    tgt = (lambda t: t) if loss == "dlr-targeted" else (lambda t: None)
+
+    def init(variables, x, y, target, keys):
+      return apgd_lib.init_state(_keyed(apply_fn, variables), x, y, keys,
+                                 target=tgt(target), **kwargs)
+
+    def chunk(variables, state, x, y, target, keys, start, count):
+      step = apgd_lib.make_step(_keyed(apply_fn, variables), x, y, keys,
+                                steps=cfg.apgd_steps, target=tgt(target),
+                                rho=cfg.apgd_rho, **kwargs)
+      return it.run_steps(step, state, start, count)
+
+    def finish(state, x):
+      robust = state["robust"]
+      return it.where_b(robust, x, state["x_best_adv"]), robust
+
+    steps = cfg.apgd_steps
+  elif name == "fab-t":
+
+    def init(variables, x, y, target, keys):
+      del variables, y, target, keys
+      return fab_lib.init_state(x)
+
+    def chunk(variables, state, x, y, target, keys, start, count):
+      step = fab_lib.make_step(_unkeyed(apply_fn, variables), x, y, target,
+                               norm=cfg.norm)
+      return it.run_steps(step, state, start, count)
+
+    def finish(state, x):
+      return fab_lib.finish(state, x, cfg.eps)
+
+    steps = cfg.fab_steps
+  else:  # square
+
+    def init(variables, x, y, target, keys):
+      del target
+      return square_lib.init_state(_unkeyed(apply_fn, variables), x, y, keys,
+                                   eps=cfg.eps, norm=cfg.norm)
+
+    def chunk(variables, state, x, y, target, keys, start, count):
+      step = square_lib.make_step(_unkeyed(apply_fn, variables), x, y, keys,
+                                  eps=cfg.eps, norm=cfg.norm,
+                                  n_queries=cfg.square_queries,
+                                  p_init=cfg.square_p_init)
+      return it.run_steps(step, state, start, count)
+
+    def finish(state, x):
+      robust = state["margin"] > 0.0
+      return it.where_b(robust, x, state["x_best"]), robust
+
+    steps = cfg.square_queries
+    chunk_size = max(chunk_size, 25)  # one forward per query: cheap steps
+  plan = it.chunk_plan(steps, chunk_size)
+  count = plan[0][1]
+  compiled = _Compiled(
+      mesh, init,
+      lambda v, s, x, y, t, k, start: chunk(v, s, x, y, t, k, start, count),
+      finish)
+  return compiled, plan
+
+
+def _batch_size_for(remaining: int, batch_size: int, n_devices: int) -> int:
+  """A power-of-two fraction of ``batch_size`` that fits ``remaining``.
+
+  Few distinct sizes keep recompiles rare; shrinking keeps the last attacks
+  of the cascade (on few robust points) from computing on padding.
+  """
+  size = batch_size
+  while size // 2 >= remaining and (size // 2) % n_devices == 0 and size > 1:
+    size //= 2
+  return size
+
+
+def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
+                   labels: np.ndarray, config: AutoAttackConfig, *,
+                   mesh=None, batch_size: int = 500, chunk_size: int = 10,
+                   indices: np.ndarray | None = None,
+                   on_attack: Callable[[dict[str, Any]], None] | None = None
+                   ) -> AutoAttackResult:
+  """Runs the AutoAttack cascade on ``images``.
+
+  Args:
+    apply_fn: ``(variables, x [B, H, W, C], key) -> logits [B, C]`` in
+      inference mode (BatchNorm running statistics); deterministic models
+      ignore ``key``.
+    variables: the model's variables (params and batch_stats).
+    images: ``[N, H, W, C]`` float in [0, 1], or uint8 (divided by 255).
+    labels: ``[N]`` int labels.
+    config: an ``AutoAttackConfig`` (``config_for(version, ...)``).
+    mesh: the device mesh (default: every device).
+    batch_size: points per compiled batch; a multiple of the device count.
+    chunk_size: iterations unrolled per compiled call.
+    indices: ``[N]`` each point's index in its dataset (keys the per-point
+      randomness); default ``arange(N)``.
+    on_attack: called after each attack with its row of ``by_attack``.
+
+  Returns:
+    An ``AutoAttackResult``.
+  """
+  cfg = config.validated()
+  start_time = time.time()
+  mesh = mesh if mesh is not None else sharding.make_mesh()
+  n_dev = mesh.devices.size
+  sharding.check_batch_divisible(batch_size, mesh)
+  images = np.asarray(images)
+  if images.dtype == np.uint8:
+    images = images.astype(np.float32) / 255.0
+  images = images.astype(np.float32)
+  labels = np.asarray(labels).astype(np.int32)
+  if images.ndim != 4 or labels.shape != images.shape[:1]:
+    raise ConfigError(f"autoattack needs images [N, H, W, C] and labels [N], "
+                      f"got {images.shape} and {labels.shape}")
+  if images.min() < 0.0 or images.max() > 1.0:
+    raise ConfigError("autoattack images must lie in [0, 1]; normalisation "
+                      "belongs inside the model")
+  n = images.shape[0]
+  indices = np.arange(n, dtype=np.int32) if indices is None else (
+      np.asarray(indices, np.int32))
+  variables = sharding.put_replicated(variables, mesh)
+  root = jax.random.key(cfg.seed)
+  bat = sharding.batch_sharded(mesh)
+
+  # 1. Clean pass: predictions and the class ranking the targets come from.
+  logits_fn = jax.jit(lambda v, x: apply_fn(v, x, jax.random.key(0)),
+                      in_shardings=(sharding.replicated(mesh), bat),
+                      out_shardings=bat)
+  clean_logits = _logits(logits_fn, variables, images, batch_size, mesh)
+  num_classes = clean_logits.shape[1]
+  ranking = np.argsort(-clean_logits, axis=1, kind="stable")
+  clean_correct = ranking[:, 0] == labels
+  robust = clean_correct.copy()
+  x_adv = images.copy()
+  by_attack = []
+
+  for position, name in enumerate(cfg.attack_list()):
+    t0 = time.time()
+    compiled, plan = _build(name, cfg, apply_fn, mesh, chunk_size)
+    if name in ("apgd-t", "fab-t"):
+      n_targets = min(cfg.n_target_classes, num_classes - 1)
+      runs = [(r, ranking[:, r]) for r in range(1, n_targets + 1)]
+    elif name.startswith("apgd"):
+      runs = [(r, labels) for r in range(cfg.apgd_restarts)]
+    else:
+      runs = [(0, labels)]
+    for run_id, targets in runs:
+      todo = np.flatnonzero(robust)
+      if todo.size == 0:
+        break
+      key = jax.random.fold_in(jax.random.fold_in(root, position), run_id)
+      size = _batch_size_for(todo.size, batch_size, n_dev)
+      for lo in range(0, todo.size, size):
+        rows = todo[lo:lo + size]
+        pad = np.concatenate([rows, np.full(size - rows.size, rows[0])])
+        x = _put(images[pad], mesh)
+        y = _put(labels[pad], mesh)
+        target = _put(targets[pad].astype(np.int32), mesh)
+        keys = jax.device_put(jax.vmap(jax.random.fold_in, (None, 0))(
+            key, jnp.asarray(indices[pad])), bat)
+        state = compiled.init(variables, x, y, target, keys)
+        for i, (start, _) in enumerate(plan):
+          state = compiled.chunk(variables, state, x, y, target, keys,
+                                 jnp.int32(start))
+          if name == "square" and i % 8 == 7 and not bool(
+              jnp.any(state["margin"][:rows.size] > 0)):
+            break  # every point of the batch is misclassified
+        batch_adv, _ = compiled.finish(state, x)
+        batch_adv = np.asarray(batch_adv)[:rows.size]
+        # A point is broken only if a fresh forward pass misclassifies it.
+        pred = np.argmax(np.asarray(logits_fn(variables, _put(
+            _pad_to(batch_adv, size), mesh)))[:rows.size], -1)
+        broken = pred != labels[rows]
+        _check_in_ball(batch_adv[broken], images[rows][broken], cfg)
+        x_adv[rows[broken]] = batch_adv[broken]
+        robust[rows[broken]] = False
+    row = {"attack": name, "robust_acc": float(robust.mean()),
+           "robust_points": int(robust.sum()),
+           "seconds": round(time.time() - t0, 1)}
+    by_attack.append(row)
+    if on_attack is not None:
+      on_attack(row)
+
+  max_pert = _final_checks(apply_fn, variables, logits_fn, images, labels,
+                           x_adv, robust, clean_correct, cfg, mesh,
+                           batch_size)
+  return AutoAttackResult(
+      clean_acc=float(clean_correct.mean()), robust_acc=float(robust.mean()),
+      by_attack=by_attack, x_adv=x_adv, robust=robust,
+      clean_correct=clean_correct, max_perturbation=max_pert,
+      seconds=time.time() - start_time)
+
+
+def _put(a: np.ndarray, mesh) -> jax.Array:
+  return jax.device_put(a, sharding.batch_sharded(mesh))
+
+
+def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
+  if a.shape[0] == size:
+    return a
+  return np.concatenate([a, np.repeat(a[:1], size - a.shape[0], 0)])
+
+
+def _logits(logits_fn, variables, a: np.ndarray, size: int, mesh
+            ) -> np.ndarray:
+  """Logits of every row of ``a`` in padded batches of ``size``: ``[N, C]``."""
+  out = []
+  for lo in range(0, a.shape[0], size):
+    rows = a[lo:lo + size]
+    out.append(np.asarray(logits_fn(variables, _put(_pad_to(rows, size),
+                                                     mesh)))[:len(rows)])
+  return np.concatenate(out)
+
+
+def _perturbation(x_adv: np.ndarray, x: np.ndarray, norm: str) -> np.ndarray:
+  d = (x_adv - x).reshape(x.shape[0], -1).astype(np.float64)
+  return np.abs(d).max(1) if norm == "linf" else np.sqrt((d ** 2).sum(1))
+
+
+def _check_in_ball(x_adv: np.ndarray, x: np.ndarray,
+                   cfg: AutoAttackConfig) -> None:
+  if x_adv.size == 0:
+    return
+  worst = float(_perturbation(x_adv, x, cfg.norm).max())
+  if worst > cfg.eps + BALL_TOLERANCE or x_adv.min() < 0 or x_adv.max() > 1:
+    raise AssertionError(
+        f"an attack returned a point outside the {cfg.norm} ball of radius "
+        f"{cfg.eps} or outside [0, 1] (perturbation {worst}); this is a bug")
+
+
+def _final_checks(apply_fn, variables, logits_fn, images, labels, x_adv,
+                  robust, clean_correct, cfg, mesh, batch_size) -> float:
+  """Re-evaluates every final point; returns the largest perturbation.
+
+  The reference prints the same checks: the perturbation bound, [0, 1], and
+  that the robust accuracy recomputed on the returned points agrees.
+  """
+  del apply_fn
+  preds = np.argmax(_logits(logits_fn, variables, x_adv, batch_size, mesh), -1)
+  if np.isnan(x_adv).any():
+    raise AssertionError("NaN in the adversarial examples; this is a bug")
+  _check_in_ball(x_adv, images, cfg)
+  still_correct = preds == labels
+  # Robust points hold their clean image, so they must still be correct;
+  # broken points must be misclassified (or were misclassified clean).
+  disagree = (still_correct != robust) & clean_correct
+  if disagree.any() and cfg.eot_iter == 1:
+    raise AssertionError(
+        f"{int(disagree.sum())} points changed prediction when re-evaluated; "
+        "the model is not deterministic in inference mode (use "
+        "version='rand' for randomised models)")
+  return float(_perturbation(x_adv, images, cfg.norm).max())

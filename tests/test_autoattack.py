@@ -1,0 +1,383 @@
+"""AutoAttack in JAX: known answers, invariants and the cascade.
+
+The agreement with torchattacks on shared weights lives in
+``test_autoattack_reference.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize
+
+from robustjax import sharding
+from robustjax.attacks import apgd as apgd_lib
+from robustjax.attacks import autoattack as aa
+from robustjax.attacks import fab as fab_lib
+from robustjax.attacks import iterative as it
+from robustjax.attacks import square as square_lib
+from robustjax.errors import ConfigError
+
+import tiny_models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------------
+# Reference schedules.
+
+
+def test_apgd_checkpoints_match_the_reference_schedule():
+  is_check, window = apgd_lib.checkpoint_schedule(100)
+  assert list(np.flatnonzero(is_check)) == [21, 40, 56, 69, 79, 86, 92, 98]
+  assert list(window[is_check]) == [22, 19, 16, 13, 10, 7, 6, 6]
+
+
+def test_square_sides_follow_the_p_schedule():
+  assert list(square_lib.square_sides(0.8, 32, 32, "linf")) == [
+      29, 20, 14, 10, 7, 5, 4, 3, 2, 1]
+  l2 = square_lib.square_sides(0.8, 32, 32, "l2")
+  assert all(s % 2 == 1 and s >= 3 for s in l2)
+  levels = [int(square_lib.p_level(jnp.int32(i), 5000, False))
+            for i in (0, 10, 11, 50, 51, 4999)]
+  assert levels == [0, 0, 1, 1, 2, 7]
+
+
+def test_eta_pattern_has_unit_norm_and_opposite_halves():
+  p = square_lib.eta_pattern(7)
+  assert np.isclose(np.sum(p ** 2), 1.0)
+  assert (p[:3] > 0).all() and (p[3:] < 0).all()
+
+
+# ---------------------------------------------------------------------------
+# FAB's projections against a generic solver.
+
+
+def _lp_linf(t, w, b):
+  """min ||d||_inf s.t. w.(t+d) = b, 0 <= t+d <= 1, by linear programming."""
+  d = t.size
+  cost = np.zeros(d + 1)
+  cost[-1] = 1.0
+  eye = np.eye(d)
+  a_ub = np.block([[eye, -np.ones((d, 1))], [-eye, -np.ones((d, 1))]])
+  res = optimize.linprog(cost, A_ub=a_ub, b_ub=np.zeros(2 * d),
+                         A_eq=np.append(w, 0.0)[None],
+                         b_eq=[b - w @ t],
+                         bounds=[(-ti, 1 - ti) for ti in t] + [(0, None)])
+  assert res.status == 0
+  return res.fun
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_linf_projection_is_the_linear_programme_optimum(seed):
+  rng = np.random.default_rng(seed)
+  t = rng.uniform(0, 1, (3, 40))
+  w = rng.normal(size=(3, 40))
+  w[:, :5] = 0.0  # zero weights must not move
+  b = np.sum(w * t, 1) + rng.normal(size=3) * 2.0
+  d = np.asarray(fab_lib.project_linf(jnp.asarray(t, jnp.float32),
+                                      jnp.asarray(w, jnp.float32),
+                                      jnp.asarray(b, jnp.float32)))
+  for i in range(3):
+    np.testing.assert_allclose(np.sum(w[i] * (t[i] + d[i])), b[i], atol=1e-4)
+    assert (t[i] + d[i] >= -1e-6).all() and (t[i] + d[i] <= 1 + 1e-6).all()
+    assert np.abs(d[i]).max() == pytest.approx(_lp_linf(t[i], w[i], b[i]),
+                                               abs=1e-5)
+    assert (d[i, :5] == 0).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_l2_projection_is_the_constrained_optimum(seed):
+  rng = np.random.default_rng(seed)
+  t = rng.uniform(0, 1, (3, 30))
+  w = rng.normal(size=(3, 30))
+  b = np.sum(w * t, 1) + rng.normal(size=3) * 1.5
+  d = np.asarray(fab_lib.project_l2(jnp.asarray(t, jnp.float32),
+                                    jnp.asarray(w, jnp.float32),
+                                    jnp.asarray(b, jnp.float32)))
+  for i in range(3):
+    res = optimize.minimize(
+        lambda v: 0.5 * v @ v, np.zeros(30), jac=lambda v: v,
+        constraints=[{"type": "eq", "fun": lambda v, i=i: w[i] @ (t[i] + v)
+                      - b[i], "jac": lambda v, i=i: w[i]}],
+        bounds=[(-ti, 1 - ti) for ti in t[i]], method="SLSQP",
+        options={"ftol": 1e-12, "maxiter": 500})
+    assert res.success
+    np.testing.assert_allclose(np.linalg.norm(d[i]),
+                               np.linalg.norm(res.x), rtol=1e-4)
+    np.testing.assert_allclose(d[i], res.x, atol=1e-4)
+
+
+def test_unreachable_hyperplane_sends_every_coordinate_to_its_bound():
+  t = jnp.full((1, 4), 0.5)
+  w = jnp.asarray([[1.0, -1.0, 2.0, 0.0]])
+  b = jnp.asarray([100.0])  # far beyond what the box allows
+  d = np.asarray(fab_lib.project_linf(t, w, b))
+  np.testing.assert_allclose(d, [[0.5, -0.5, 0.5, 0.0]])
+
+
+# ---------------------------------------------------------------------------
+# Known answers on a linear classifier.
+
+
+def _linear(num_classes=3, dim=12, seed=0):
+  rng = np.random.default_rng(seed)
+  weights = jnp.asarray(rng.normal(size=(dim, num_classes)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=num_classes) * 0.1, jnp.float32)
+  return lambda x: x.reshape(x.shape[0], -1) @ weights + bias, weights, bias
+
+
+def test_fab_finds_the_closed_form_minimal_linf_perturbation():
+  f, weights, bias = _linear()
+  x = jnp.full((6, 2, 2, 3), 0.5) + jax.random.uniform(
+      jax.random.key(1), (6, 2, 2, 3), minval=-0.05, maxval=0.05)
+  logits = f(x)
+  y = jnp.argmax(logits, -1)
+  target = jnp.argsort(-logits, -1)[:, 1]
+  # Linear boundary between y and t: the minimal Linf step is |f| / ||v||_1
+  # (the box is far: every point is near 0.5 and the answer is small).
+  v = np.asarray(weights[:, target] - weights[:, y]).T
+  gap = np.asarray(jnp.take_along_axis(logits, y[:, None], 1)
+                   - jnp.take_along_axis(logits, target[:, None], 1))[:, 0]
+  optimum = gap / np.abs(v).sum(1)
+  assert (optimum < 0.4).all()
+  found = np.asarray(fab_lib.min_norm(f, x, y, target, norm="linf",
+                                      steps=20))
+  assert (found >= optimum * (1 - 1e-4)).all()
+  assert (found <= optimum * 1.01).all(), (found / optimum)
+  # eps just above / below the optimum decides the outcome.
+  _, robust = fab_lib.fab_targeted(f, x, y, target, eps=float(
+      optimum.max() * 1.02), steps=20)
+  assert not np.asarray(robust).any()
+  _, robust = fab_lib.fab_targeted(f, x, y, target, eps=float(
+      optimum.min() * 0.98), steps=20)
+  assert np.asarray(robust).all()
+
+
+def test_apgd_reaches_the_optimum_of_a_linear_model():
+  f, weights, _ = _linear(num_classes=2)
+  x = jax.random.uniform(jax.random.key(2), (8, 2, 2, 3), minval=0.2,
+                         maxval=0.8)
+  y = jnp.argmax(f(x), -1)
+  eps = 0.05
+  # CE of a 2-class linear model is monotone in the margin, maximised by the
+  # corner x - eps * sign(w_y - w_other) (clipped: the box is not active).
+  v = np.asarray(weights[:, 1] - weights[:, 0])
+  direction = np.where(np.asarray(y)[:, None] == 1, -np.sign(v), np.sign(v))
+  best = jnp.asarray(np.asarray(x).reshape(8, -1) + eps * direction,
+                     jnp.float32).reshape(x.shape)
+  ce = lambda z: -jax.nn.log_softmax(f(z))[jnp.arange(8), y]  # noqa: E731
+  keys = it.example_keys(jax.random.key(0), 8)
+  fn = lambda z, k: f(z)  # noqa: E731
+  state = apgd_lib.init_state(fn, x, y, keys, eps=eps, norm="linf",
+                              loss="ce")
+  state = it.run_steps(apgd_lib.make_step(fn, x, y, keys, eps=eps,
+                                          norm="linf", loss="ce", steps=30),
+                       state, 0, 30)
+  np.testing.assert_allclose(state["loss_best"], ce(best), rtol=1e-5)
+  assert np.abs(np.asarray(state["x_best"] - x)).max() <= eps + 1e-6
+
+
+def test_apgd_l2_stays_in_the_ball_and_beats_the_start():
+  f, _, _ = _linear()
+  x = jax.random.uniform(jax.random.key(3), (5, 2, 2, 3))
+  y = jnp.argmax(f(x), -1)
+  keys = it.example_keys(jax.random.key(0), 5)
+  fn = lambda z, k: f(z)  # noqa: E731
+  s0 = apgd_lib.init_state(fn, x, y, keys, eps=0.3, norm="l2", loss="dlr")
+  s = it.run_steps(apgd_lib.make_step(fn, x, y, keys, eps=0.3, norm="l2",
+                                      loss="dlr", steps=20), s0, 0, 20)
+  assert (np.asarray(s["loss_best"]) >= np.asarray(s0["loss_best"])).all()
+  assert (np.asarray(it.l2_norm(s["x_best"] - x)) <= 0.3 + 1e-5).all()
+
+
+# ---------------------------------------------------------------------------
+# The cascade on a trained network.
+
+
+@pytest.fixture(scope="module")
+def trained():
+  model, variables = tiny_models.trained_tiny_cnn()
+  x, y = tiny_models.test_points(64)
+  return model, variables, x, y
+
+
+@functools.lru_cache(maxsize=None)
+def _apply(model):
+  # One function object per model, so the cascade's compiled attacks are
+  # reused across runs (run_autoattack caches them by apply_fn).
+  return lambda v, z, k: model.apply(v, z)
+
+
+SHORT = dict(apgd_steps=20, fab_steps=10, square_queries=100,
+             n_target_classes=3)
+
+
+def test_undefended_model_is_broken_at_8_over_255(trained):
+  model, variables, x, y = trained
+  result = aa.run_autoattack(_apply(model), variables, x, y,
+                             aa.config_for("standard", **SHORT),
+                             mesh=sharding.make_mesh(1), batch_size=64)
+  assert result.clean_acc > 0.3
+  assert result.robust_acc == 0.0
+  assert result.max_perturbation <= 8 / 255 + 1e-6
+
+
+def test_cascade_invariants_and_same_result_for_any_batch_and_devices(
+    trained):
+  model, variables, x, y = trained
+  cfg = aa.config_for("standard", eps=2 / 255, **SHORT)
+  one = aa.run_autoattack(_apply(model), variables, x, y, cfg,
+                          mesh=sharding.make_mesh(1), batch_size=16)
+  eight = aa.run_autoattack(_apply(model), variables, x, y, cfg,
+                            mesh=sharding.make_mesh(8), batch_size=32)
+  again = aa.run_autoattack(_apply(model), variables, x, y, cfg,
+                            mesh=sharding.make_mesh(1), batch_size=16)
+  np.testing.assert_array_equal(one.robust, again.robust)  # deterministic
+  np.testing.assert_array_equal(one.x_adv, again.x_adv)
+  assert np.mean(one.robust == eight.robust) >= 0.98
+  assert abs(one.robust_acc - eight.robust_acc) <= 1 / 64 + 1e-9
+  # Robust accuracy only falls along the cascade and ends at the final.
+  accs = [row["robust_acc"] for row in one.by_attack]
+  assert accs == sorted(accs, reverse=True) and accs[-1] == one.robust_acc
+  assert 0.0 < one.robust_acc < one.clean_acc
+  # Every returned point is in the ball and [0, 1], and misclassified
+  # exactly where the cascade says it is broken.
+  delta = np.abs(one.x_adv - x).reshape(64, -1).max(1)
+  assert delta.max() <= 2 / 255 + 1e-6
+  assert one.x_adv.min() >= 0 and one.x_adv.max() <= 1
+  pred = np.asarray(model.apply(variables, one.x_adv)).argmax(1)
+  np.testing.assert_array_equal(pred == y, one.robust)
+
+
+def test_square_defeats_gradient_masking_that_stops_apgd(trained):
+  model, variables, x, y = trained
+
+  def masked(v, z, k):
+    # Rounding the input to 64 levels: the function barely changes, but its
+    # gradient is zero almost everywhere, so gradient attacks see nothing.
+    return model.apply(v, jnp.round(z * 63) / 63)
+
+  eps = 8 / 255
+  kwargs = dict(mesh=sharding.make_mesh(1), batch_size=64)
+  white = aa.run_autoattack(masked, variables, x, y, aa.config_for(
+      "custom", attacks=("apgd-ce",), eps=eps, apgd_steps=20), **kwargs)
+  both = aa.run_autoattack(masked, variables, x, y, aa.config_for(
+      "custom", attacks=("apgd-ce", "square"), eps=eps, apgd_steps=20,
+      square_queries=300), **kwargs)
+  clean_model = aa.run_autoattack(_apply(model), variables, x, y,
+                                  aa.config_for("custom", attacks=(
+                                      "apgd-ce",), eps=eps, apgd_steps=20),
+                                  **kwargs)
+  # Masking fools APGD (it does much worse than on the unmasked model) but
+  # not Square, and the cascade reports the lower number.
+  assert white.robust_acc >= clean_model.robust_acc + 0.2
+  assert both.robust_acc <= white.robust_acc - 0.2
+  assert both.by_attack[-1]["robust_acc"] == both.robust_acc
+
+
+def test_rand_version_runs_eot_on_a_randomised_model(trained):
+  model, variables, x, y = trained
+
+  def noisy(v, z, k):
+    return model.apply(v, z + 0.01 * jax.random.normal(k, z.shape))
+
+  cfg = aa.config_for("rand", apgd_steps=5, eot_iter=3)
+  assert cfg.attack_list() == ("apgd-ce", "apgd-dlr") and cfg.eot_iter == 3
+  assert aa.config_for("rand").eot_iter == 20
+  result = aa.run_autoattack(noisy, variables, x[:16], y[:16], cfg,
+                             mesh=sharding.make_mesh(1), batch_size=16)
+  assert result.robust_acc <= 0.1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(eps=1.5), "outside \\[0, 1\\]"),
+    (dict(norm="l1"), "unknown norm"),
+    (dict(version="plus"), "unknown version"),
+    (dict(version="custom"), "needs attacks"),
+    (dict(version="custom", attacks=("pgd",)), "unknown attack"),
+    (dict(attacks=("square",)), "only applies"),
+    (dict(apgd_steps=0), "apgd_steps must be >= 1"),
+])
+def test_bad_configs_fail_with_one_line(kwargs, message):
+  version = kwargs.pop("version", "standard")
+  with pytest.raises(ConfigError, match=message):
+    aa.config_for(version, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# The autoattack task through launch.py.
+
+
+def _launch(tmp_path, *args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"),
+                         *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+  """A 6-step smoke training run of the small CNN: a real checkpoint."""
+  workdir = tmp_path_factory.mktemp("aa_ckpt")
+  proc = _launch(workdir, "--config=configs/at.py:standard,smoke",
+                 f"--workdir={workdir}", "--config.progress_bar=False")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return workdir
+
+
+def test_autoattack_task_writes_a_report(tiny_checkpoint, tmp_path):
+  out = tmp_path / "aa"
+  proc = _launch(tmp_path, "--config=configs/autoattack.py:smoke,n=32",
+                 f"--config.checkpoint_path={tiny_checkpoint}",
+                 f"--workdir={out}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads((out / "report.json").read_text())
+  assert report["num_examples"] == 32 and report["version"] == "standard"
+  assert report["norm"] == "linf" and report["eps"] == pytest.approx(8 / 255)
+  assert list(report["robust_acc_after"]) == ["apgd-ce", "apgd-t", "fab-t",
+                                              "square"]
+  assert report["robust_acc"] <= report["clean_acc"]
+  assert report["robust_acc"] == report["robust_acc_after"]["square"]
+  assert report["max_perturbation"] <= 8 / 255 + 1e-6
+  assert "wall_time_s" in report
+  assert "autoattack apgd-ce: robust" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.autoattack.eps=2.0"], "outside [0, 1]"),
+    (["--config.autoattack.norm=l3"], "unknown norm"),
+    (["--config.num_examples=20000"], "holds 10000"),
+    (["--config.checkpoint_path=/nonexistent"], "error:"),
+])
+def test_autoattack_task_bad_input(tiny_checkpoint, tmp_path, args, message):
+  out = tmp_path / "aa_bad"
+  base = [f"--config.checkpoint_path={tiny_checkpoint}"]
+  proc = _launch(tmp_path, "--config=configs/autoattack.py:smoke",
+                 f"--workdir={out}", *base, *args)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert message in proc.stderr
+  assert not (out / "report.json").exists()
+
+
+def test_autoattack_task_rejects_a_checkpoint_of_another_model(
+    tiny_checkpoint, tmp_path):
+  """Weights that do not fit the model the checkpoint names: one line."""
+  from robustjax import checkpoint
+  from robustjax.tasks import _check_variables_fit
+  from robustjax.training.loop import build_model
+  restored = checkpoint.load(str(tiny_checkpoint))
+  spec = dict(restored["meta"]["model"], width=0.5)
+  split = type("S", (), {"images": np.zeros((1, 32, 32, 3), np.uint8)})
+  with pytest.raises(ConfigError, match="does not fit its model"):
+    _check_variables_fit(build_model(spec), {
+        "params": restored["params"],
+        "batch_stats": restored["batch_stats"]}, split)
