@@ -135,28 +135,49 @@ def snow(key: jax.Array, x: jax.Array, severity: int) -> jax.Array:
 
 # ------------------------------------------------------------------- frost
 
+def _line_blur(x: jax.Array, taps: np.ndarray, dy: int, dx: int
+               ) -> jax.Array:
+  """One-sided line blur of ``x`` ``[H, W]`` along the static direction
+  ``(dy, dx)`` (zero outside the image): shifted slices, no gathers."""
+  h, w = x.shape
+  r = len(taps)
+  padded = jnp.pad(x, r)
+  out = 0.0
+  for i, t in enumerate(taps):
+    out = out + float(t) * padded[r + i * dy:r + i * dy + h,
+                                  r + i * dx:r + i * dx + w]
+  return out
+
+
+_NEEDLE_DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1),
+                      (-1, 0), (-1, 1))
+
+
 def frost_texture(key: jax.Array, h: int, w: int) -> jax.Array:
   """A procedural ice texture ``[h, w, 3]`` in [0, 1], standing in for the
   reference's frost photographs (which robustjax cannot ship).
 
   Fine fractal haze (a plasma map with slow decay) plus crystal needles:
-  sparse bright seeds smeared along two random directions, pale blue-white
-  like the photographs. Its mean (~0.5) and spread were set by eye, not
-  fitted to the photographs.
+  sparse bright seeds smeared along the 8 compass directions with random
+  weights (a few directions dominate in each image), pale blue-white like
+  the photographs. Its mean (~0.5) and spread were set by eye, not fitted
+  to the photographs.
   """
   size = plasma_size(h, w)
   k_plasma, k_rest = jax.random.split(key)
   haze = plasma_fractal(plasma_draws(k_plasma, size), size, 1.4)[:h, :w]
   # One uniform draw for the rest (separate calls compile much slower).
-  u = jax.random.uniform(k_rest, (h * w + 5,))
+  n_dir = len(_NEEDLE_DIRECTIONS)
+  u = jax.random.uniform(k_rest, (h * w + n_dir + 3,))
   seeds = (u[:h * w].reshape(h, w) < 0.06).astype(jnp.float32)
-  needles = 0.0
-  for angle in (u[h * w], u[h * w + 1]):
-    needles = needles + _ops.motion_blur(seeds[..., None], 6, 3.0,
-                                         360.0 * angle - 180.0)[..., 0]
+  weights = u[h * w:h * w + n_dir] ** 4
+  weights = 2.0 * weights / weights.sum()
+  taps = _ops.motion_taps(6, 3.0)
+  needles = sum(weights[i] * _line_blur(seeds, taps, dy, dx)
+                for i, (dy, dx) in enumerate(_NEEDLE_DIRECTIONS))
   needles = jnp.clip(needles * 2.5, 0, 1)
   ice = jnp.clip(0.25 + 0.45 * haze + 0.55 * needles, 0, 1)
-  tint = jnp.asarray((0.86, 0.93, 1.0)) + 0.04 * (2 * u[h * w + 2:] - 1)
+  tint = jnp.asarray((0.86, 0.93, 1.0)) + 0.04 * (2 * u[-3:] - 1)
   return jnp.clip(ice[..., None] * tint, 0, 1)
 
 
