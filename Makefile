@@ -18,18 +18,20 @@ setup: $(BIN)/python
 
 setup-dev: setup
 	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 
 setup-bench: setup
 	$(BIN)/pip install -q -r requirements-bench.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 
 quickstart: setup
 	$(BIN)/python launch.py --config=configs/quickstart.py --workdir=workdirs/quickstart --cpu_devices=$(CPU_DEVICES)
 
 test: setup-dev
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 test-slow: setup-dev
-	$(BIN)/python -m pytest -q -n 2 -m slow
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m slow
 
 bench: setup-bench
 	$(BIN)/python benchmarks/run.py

@@ -29,6 +29,8 @@ from robustjax.errors import ConfigError
 import tiny_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One worker trains the tiny CNN once for this file and the reference tests.
+pytestmark = pytest.mark.xdist_group("trained_tiny_cnn")
 
 
 # ---------------------------------------------------------------------------
@@ -256,6 +258,21 @@ def test_cascade_invariants_and_same_result_for_any_batch_and_devices(
   assert one.x_adv.min() >= 0 and one.x_adv.max() <= 1
   pred = np.asarray(model.apply(variables, one.x_adv)).argmax(1)
   np.testing.assert_array_equal(pred == y, one.robust)
+
+
+def test_l2_cascade_keeps_every_point_in_the_l2_ball(trained):
+  model, variables, x, y = trained
+  eps = 0.25
+  result = aa.run_autoattack(_apply(model), variables, x[:32], y[:32],
+                             aa.config_for("standard", norm="l2", eps=eps,
+                                           **SHORT),
+                             mesh=sharding.make_mesh(1), batch_size=32)
+  norms = np.sqrt(((result.x_adv - x[:32]) ** 2).reshape(32, -1).sum(1))
+  assert norms.max() <= eps + 1e-5
+  assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+  assert 0.0 < result.robust_acc < result.clean_acc
+  pred = np.asarray(model.apply(variables, result.x_adv)).argmax(1)
+  np.testing.assert_array_equal(pred == y[:32], result.robust)
 
 
 def test_square_defeats_gradient_masking_that_stops_apgd(trained):
