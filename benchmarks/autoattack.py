@@ -69,12 +69,12 @@ def main(argv=None) -> None:
   jax.config.update("jax_num_cpu_devices", devices)
   import numpy as np
   import torch
-  import torchattacks
   torch.set_num_threads(threads)
 
   from robustjax import checkpoint, data, sharding
   from robustjax.attacks import autoattack as aa
   from robustjax.training.loop import build_model
+  import tiny_models  # tests/: the tiny CNN, its twin, torchattacks' attacks
 
   test = data.load_split("cifar10", "test")
   x = test.images[:args.n].astype(np.float32) / 255
@@ -96,7 +96,6 @@ def main(argv=None) -> None:
     workload = f"{spec['name']} width {spec['width']} ({args.checkpoint})"
     eps = (args.eps if args.eps is not None else 8.0) / 255
   else:
-    import tiny_models
     model, variables = tiny_models.trained_tiny_cnn()
     twin = tiny_models.torch_twin(variables)
     workload = "tiny CNN (tests/tiny_models.py), 600 Adam steps"
@@ -122,19 +121,7 @@ def main(argv=None) -> None:
   def run_torch():
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     yt = torch.from_numpy(y).long()
-    attacks = [
-        ("apgd-ce", torchattacks.APGD(twin, norm="Linf", eps=eps, steps=100,
-                                      n_restarts=1, loss="ce", seed=0)),
-        ("apgd-t", torchattacks.APGDT(twin, norm="Linf", eps=eps, steps=100,
-                                      n_restarts=1, n_classes=10, seed=0)),
-        ("fab-t", torchattacks.FAB(twin, norm="Linf", eps=eps, steps=100,
-                                   n_restarts=1, multi_targeted=True,
-                                   n_classes=10, seed=0)),
-        ("square", torchattacks.Square(twin, norm="Linf", eps=eps,
-                                       n_queries=5000, n_restarts=1,
-                                       p_init=0.8, loss="margin",
-                                       resc_schedule=False, seed=0)),
-    ]
+    attacks = tiny_models.torchattacks_standard(twin, eps)
     t0 = time.perf_counter()
     with torch.no_grad():
       robust = (twin(xt).argmax(1) == yt).numpy()

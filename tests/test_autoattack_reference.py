@@ -119,19 +119,7 @@ def test_apgd_follows_the_reference_trajectory(shared, monkeypatch, norm,
 
 def _reference_cascade(twin, x, y):
   """torchattacks' attacks run as AutoAttack runs them; flags per stage."""
-  attacks = [
-      ("apgd-ce", torchattacks.APGD(twin, norm="Linf", eps=EPS, steps=100,
-                                    n_restarts=1, loss="ce", seed=0)),
-      ("apgd-t", torchattacks.APGDT(twin, norm="Linf", eps=EPS, steps=100,
-                                    n_restarts=1, n_classes=10, seed=0)),
-      ("fab-t", torchattacks.FAB(twin, norm="Linf", eps=EPS, steps=100,
-                                 n_restarts=1, multi_targeted=True,
-                                 n_classes=10, seed=0)),
-      ("square", torchattacks.Square(twin, norm="Linf", eps=EPS,
-                                     n_queries=5000, n_restarts=1,
-                                     p_init=0.8, loss="margin",
-                                     resc_schedule=False, seed=0)),
-  ]
+  attacks = tiny_models.torchattacks_standard(twin, EPS)
   xt, yt = _nchw(x), torch.from_numpy(y).long()
   robust = _torch_predict(twin, xt) == y
   stages = {}

@@ -99,3 +99,28 @@ def torch_twin(variables):
           np.ascontiguousarray(p[name]["kernel"].T)))
       getattr(twin, name).bias.copy_(torch.from_numpy(np.array(p[name]["bias"])))
   return twin.eval()
+
+
+def torchattacks_standard(twin, eps: float, n_classes: int = 10) -> list:
+  """torchattacks' attacks configured as the original AutoAttack runs them.
+
+  ``[(name, attack), ...]`` for APGD-CE, APGD-T, FAB-T and Square at Linf
+  ``eps``: 100 iterations and 9 targets (torchattacks' ``AutoAttack`` class
+  defaults to 10 iterations), Square with 5000 queries, p_init 0.8, the
+  margin loss and no rescaled schedule (the original's settings).
+  """
+  import torchattacks  # local: test-only dependency
+  return [
+      ("apgd-ce", torchattacks.APGD(twin, norm="Linf", eps=eps, steps=100,
+                                    n_restarts=1, loss="ce", seed=0)),
+      ("apgd-t", torchattacks.APGDT(twin, norm="Linf", eps=eps, steps=100,
+                                    n_restarts=1, n_classes=n_classes,
+                                    seed=0)),
+      ("fab-t", torchattacks.FAB(twin, norm="Linf", eps=eps, steps=100,
+                                 n_restarts=1, multi_targeted=True,
+                                 n_classes=n_classes, seed=0)),
+      ("square", torchattacks.Square(twin, norm="Linf", eps=eps,
+                                     n_queries=5000, n_restarts=1,
+                                     p_init=0.8, loss="margin",
+                                     resc_schedule=False, seed=0)),
+  ]

@@ -243,15 +243,14 @@ def _build(name: str, cfg: AutoAttackConfig, apply_fn: ApplyFn, mesh,
 
 
 def _batch_size_for(remaining: int, batch_size: int, n_devices: int) -> int:
-  """A power-of-two fraction of ``batch_size`` that fits ``remaining``.
+  """``n_devices * 2^k`` points per batch, just enough for ``remaining``.
 
-  Few distinct sizes keep recompiles rare; shrinking keeps the last attacks
-  of the cascade (on few robust points) from computing on padding.
+  Capped at ``batch_size``. Few distinct sizes keep recompiles rare, and
+  shrinking keeps the last attacks of the cascade (on few robust points)
+  from computing mostly on padding.
   """
-  size = batch_size
-  while size // 2 >= remaining and (size // 2) % n_devices == 0 and size > 1:
-    size //= 2
-  return size
+  per_device = -(-remaining // n_devices)
+  return min(batch_size, n_devices * (1 << max(per_device - 1, 0).bit_length()))
 
 
 def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
