@@ -13,6 +13,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from robustjax import attacks, data, sharding
 from robustjax.data import corrupted
@@ -212,6 +213,9 @@ def evaluate_corruptions(
                            num_examples, key)
       by_name[name][str(severity)] = acc
       counts.add(n)
+    # One line per corruption: a full run is minutes on a CPU.
+    logging.info("ood %s: %s", name, " ".join(
+        f"s{s} {100 * a:.2f}%" for s, a in by_name[name].items()))
   accs = [a for per in by_name.values() for a in per.values()]
   return {"ood_acc": sum(accs) / len(accs),
           "ood_by_corruption": by_name,

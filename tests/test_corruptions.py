@@ -127,12 +127,16 @@ def test_to_uint8_truncates_like_the_files():
 #     of the size) while the elastic part grows, so distance falls.
 #   saturate: severities 1-2 desaturate (x0.3, x0.1), 3-5 saturate.
 #   spatter: 1-3 are water, 4-5 mud.
+#   motion_blur: severities 3 and 4 share sigma 2; their radii (6, 8) only
+#     add taps of weight < 1e-7 to ImageMagick's one-sided Gaussian, so the
+#     two are the same blur (up to the random angle).
 #   frost: the image weight falls as the frost weight rises, so the change
 #     depends on the texture's brightness (ours is procedural): not asserted.
 MONOTONE_RUNS = {
     "glass_blur": [(1, 4)], "elastic_transform": [],
     "saturate": [(1, 2), (3, 4, 5)],
     "spatter": [(1, 2, 3), (4, 5)], "frost": [],
+    "motion_blur": [(1, 2, 3), (4, 5)],
 }
 CHEAP = ("gaussian_noise", "contrast", "brightness", "gaussian_blur",
          "defocus_blur", "zoom_blur", "pixelate", "jpeg_compression")
