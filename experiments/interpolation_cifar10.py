@@ -230,15 +230,23 @@ def _figure(results, plots, path):
 
 
 def _table(results) -> str:
+  """The README table: accuracies in %, both BatchNorm modes."""
   pgd = results["attack"].split()[0]
-  rows = [f"| alpha | clean (BN interp.) | {pgd} (BN interp.) | clean (BN "
-          f"re-est.) | {pgd} (BN re-est.) | clean loss (re-est.) |",
-          "|---|---|---|---|---|---|"]
+  ood = "ood_acc" in results["curves"]["recompute"][0]
+  head = ["alpha"]
+  for mode in ("BN interp.", "BN re-est."):
+    head += [f"clean ({mode})", f"{pgd} ({mode})"] + (
+        [f"OOD ({mode})"] if ood else [])
+  head += ["clean loss (re-est.)", f"{pgd} loss (re-est.)"]
+  rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for p, q in zip(results["curves"]["interpolate"],
                   results["curves"]["recompute"]):
-    rows.append(f"| {p['alpha']:.1f} | {100 * p['clean_acc']:.1f} | "
-                f"{100 * p['adv_acc']:.1f} | {100 * q['clean_acc']:.1f} | "
-                f"{100 * q['adv_acc']:.1f} | {q['clean_loss']:.3f} |")
+    cells = [f"{p['alpha']:.1f}"]
+    for point in (p, q):
+      keys = ("clean_acc", "adv_acc") + (("ood_acc",) if ood else ())
+      cells += [f"{100 * point[k]:.1f}" for k in keys]
+    cells += [f"{q['clean_loss']:.3f}", f"{q['adv_loss']:.3f}"]
+    rows.append("| " + " | ".join(cells) + " |")
   return "\n".join(rows)
 
 
