@@ -86,8 +86,8 @@ def _bn_batches(config: Any, mesh):
   return make
 
 
-def _sharpness(config: Any, model, variables: dict, split, label: str
-               ) -> dict[str, Any]:
+def _sharpness(config: Any, model, variables: dict, split, label: str,
+               order: list[str]) -> dict[str, Any]:
   cfg = config.sharpness
   n = int(cfg.num_examples)
   images = jax.numpy.asarray(data.to_float(split.images[:n]))
@@ -96,8 +96,7 @@ def _sharpness(config: Any, model, variables: dict, split, label: str
       model.apply, variables["batch_stats"], images, labels)
   results = sharpness.layer_sharpness(
       loss_fn, variables["params"], rho=float(cfg.rho), norm=cfg.norm,
-      adaptive=bool(cfg.adaptive), steps=int(cfg.steps),
-      order=_order(model, split))
+      adaptive=bool(cfg.adaptive), steps=int(cfg.steps), order=order)
   ranked = sharpness.rank_layers(results, ratio=float(cfg.straggler_ratio))
   logging.info("sharpness at %s: stragglers %s", label, ranked["stragglers"])
   return {"by_layer": {k: v["sharpness"] for k, v in results.items()},
@@ -158,12 +157,13 @@ def run_interpolate(config: Any, workdir: str) -> dict[str, Any]:
       num_examples=int(config.eval.num_examples) or None,
       seed=int(config.get("seed", 0)), ood_fn=ood_fn)
   recompute = bn_mode == "recompute"
+  order = _order(model, split)
   curve = curves.interpolation_curve(
       eval_fn, variables["a"], variables["b"], alphas,
       batch_stats=bn_mode,
       stats_fn=interpolate.flax_stats_fn(model.apply) if recompute else None,
       bn_batches=_bn_batches(config, mesh) if recompute else None,
-      order=_order(model, split),
+      order=order,
       allow_extrapolation=bool(config.get("allow_extrapolation", False)),
       log=logging.info)
 
@@ -185,11 +185,10 @@ def run_interpolate(config: Any, workdir: str) -> dict[str, Any]:
       if point is not None and key in point:
         report[f"{side}_{key}"] = point[key]
   report["layer_distance"] = arithmetic.layer_distances(
-      variables["a"]["params"], variables["b"]["params"],
-      order=_order(model, split))
+      variables["a"]["params"], variables["b"]["params"], order=order)
   if bool(config.sharpness.enabled):
     report["sharpness"] = {
-        side: _sharpness(config, model, variables[side], split, side)
+        side: _sharpness(config, model, variables[side], split, side, order)
         for side in ("a", "b")}
   report["wall_time_s"] = round(time.time() - start, 1)
 
