@@ -60,29 +60,19 @@ def evaluate_checkpoint(config: Any, workdir: str) -> dict[str, Any]:
   name or ``none``, ``severities``, ``source``, ``data_dir``,
   ``num_examples``, ``batch_size``). Writes ``WORKDIR/report.json``.
   """
-  from robustjax.training.loop import build_model  # local: heavy import
   start = time.time()
   if not config.get("checkpoint_path"):
     raise ConfigError("set --config.checkpoint_path to a training workdir or "
                       "a checkpoint step folder")
   evaluation.validate_attack(config.eval.attack)
   ood_cfg = _ood_config(config)
-  step = int(config.get("step", 0)) or None
-  restored = checkpoint.load(config.checkpoint_path, step,
-                             best=bool(config.get("best", False)))
-  spec = restored["meta"]["model"]
-  ds = config.dataset
-  split = data.load_split(ds.name, ds.get("split", "test"), source=ds.source,
-                          data_dir=ds.get("data_dir") or None)
-  if split.num_classes != spec["num_classes"]:
-    raise ConfigError(
-        f"the checkpoint's model has {spec['num_classes']} classes but "
-        f"dataset '{ds.name}' has {split.num_classes}; evaluate it on the "
-        "dataset it was trained on")
+  restored, split, model, _ = _checkpoint_and_split(
+      config, int(config.eval.num_examples))
+  spec, ds = restored["meta"]["model"], config.dataset
   mesh = sharding.make_mesh(config.get("num_devices") or None)
-  model = build_model(spec)
   variables = {"params": restored["params"],
                "batch_stats": restored["batch_stats"]}
+  _check_variables_fit(model, variables, split)
   result = evaluation.evaluate(
       model, variables, split, mesh, attack_cfg=config.eval.attack,
       batch_size=int(config.eval.batch_size),
@@ -121,7 +111,6 @@ def autoattack_checkpoint(config: Any, workdir: str) -> dict[str, Any]:
   before any attack runs; ``WORKDIR/report.json`` is written at the end.
   """
   from robustjax.attacks import autoattack  # local: heavy import
-  from robustjax.training.loop import build_model
   start = time.time()
   aa = config.autoattack
   overrides = dict(
@@ -135,7 +124,7 @@ def autoattack_checkpoint(config: Any, workdir: str) -> dict[str, Any]:
     overrides["eot_iter"] = int(aa.eot_iter)
   aa_config = autoattack.config_for(str(aa.version), **overrides)
   restored, split, model, num_examples = _checkpoint_and_split(
-      config, build_model)
+      config, int(config.get("num_examples", 0)))
   mesh = sharding.make_mesh(config.get("num_devices") or None)
   variables = {"params": restored["params"],
                "batch_stats": restored["batch_stats"]}
@@ -169,13 +158,14 @@ def autoattack_checkpoint(config: Any, workdir: str) -> dict[str, Any]:
   return report
 
 
-def _checkpoint_and_split(config: Any, build_model):
-  """The checkpoint, the split, the model and the number of points.
+def _checkpoint_and_split(config: Any, num_examples: int):
+  """The checkpoint, the split, the model and the number of points to use.
 
-  Raises ConfigError (before any work) for a missing checkpoint path, a
-  dataset whose class count differs from the model's, or more points than
-  the split holds.
+  ``num_examples`` 0 means the whole split. Raises ConfigError (before any
+  work) for a missing checkpoint path, a dataset whose class count differs
+  from the model's, or more points than the split holds.
   """
+  from robustjax.training.loop import build_model  # local: heavy import
   if not config.get("checkpoint_path"):
     raise ConfigError("set --config.checkpoint_path to a training workdir or "
                       "a checkpoint step folder")
@@ -191,7 +181,7 @@ def _checkpoint_and_split(config: Any, build_model):
         f"the checkpoint's model has {spec['num_classes']} classes but "
         f"dataset '{ds.name}' has {split.num_classes}; evaluate it on the "
         "dataset it was trained on")
-  n = int(config.get("num_examples", 0)) or len(split)
+  n = num_examples or len(split)
   if not 0 < n <= len(split):
     raise ConfigError(f"num_examples={n} but the {ds.name} "
                       f"{ds.get('split', 'test')} split holds {len(split)} "
