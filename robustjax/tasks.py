@@ -6,6 +6,8 @@
               accuracy under CIFAR-10-C corruptions (``config.ood``).
 ``interpolate``  the curve and loss barrier between two checkpoints
               (robustjax/weightspace/task.py).
+``rws_finetune``, ``rws``  robust weight signatures: fine-tune from theta_pre;
+              extract, patch and analyse (robustjax/rws/task.py).
 """
 
 from __future__ import annotations
@@ -214,6 +216,18 @@ def _check_variables_fit(model, variables, split) -> None:
 def _interpolate(config: Any, workdir: str) -> dict[str, Any]:
   from robustjax.weightspace.task import run_interpolate  # local: heavy import
   return run_interpolate(config, workdir)
+
+
+@register("rws_finetune")
+def _rws_finetune(config: Any, workdir: str) -> dict[str, Any]:
+  from robustjax.rws.task import run_finetune  # local: heavy import
+  return run_finetune(config, workdir)
+
+
+@register("rws")
+def _rws(config: Any, workdir: str) -> dict[str, Any]:
+  from robustjax.rws.task import run_rws  # local: heavy import
+  return run_rws(config, workdir)
 
 
 def _ood_config(config: Any) -> dict[str, Any] | None:

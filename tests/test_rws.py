@@ -1,0 +1,396 @@
+"""robustjax.rws: projection, quantization, the .rws file, patching, the
+BatchNorm options, fine-tuning from theta_pre and the ``rws`` task."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import rws as rws_config
+from robustjax import checkpoint, models, rws, tasks
+from robustjax.errors import ConfigError
+from robustjax.rws import analysis, batchnorm, fileformat
+from robustjax.rws import signatures as sig_lib
+from robustjax.weightspace import interpolate, trees
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = {"name": "small_cnn", "width": 0.125, "num_classes": 10}
+
+
+def _init(seed, width=SPEC["width"], name="small_cnn"):
+  model = models.create_model(name, num_classes=10, width=width)
+  # One compiled init (op-by-op init is many small compiles: slow on CPU).
+  v = jax.jit(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)),
+                                   train=False))(jax.random.key(seed))
+  return model, jax.tree.map(np.asarray, v)
+
+
+def _moved(variables, seed, size):
+  """``variables`` with every float param moved by ``size`` N(0, 1)."""
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(
+      lambda x: (x + size * rng.standard_normal(x.shape)).astype(x.dtype),
+      variables["params"])
+  stats = jax.tree.map(lambda x: (x + rng.uniform(size=x.shape)).astype(
+      x.dtype), variables["batch_stats"])
+  return {"params": params, "batch_stats": stats}
+
+
+@pytest.fixture(scope="module")
+def family():
+  """theta_pre, a clean model and two robust models of one small_cnn."""
+  model, pre = _init(0)
+  return model, {"pre": pre, "clean": _moved(pre, 1, 0.02),
+                 "brightness": _moved(pre, 2, 0.02),
+                 "contrast": _moved(pre, 3, 0.02)}
+
+
+def _sig(family, name="brightness", bits=None, first_k=4):
+  _, f = family
+  return rws.extract(f["pre"]["params"], f["clean"]["params"],
+                     f[name]["params"], first_k=first_k, bits=bits,
+                     meta={"corruption": name})
+
+
+# ---------------------------------------------------------- projection
+
+def test_projection_is_orthogonal_and_idempotent(family):
+  rng = np.random.default_rng(0)
+  d = rng.standard_normal((3, 3, 8, 16)).astype(np.float32)
+  s = rng.standard_normal((3, 3, 8, 16)).astype(np.float32)
+  v = rws.project_out(d, s)
+  assert abs(np.vdot(v.astype(np.float64), s)) < 1e-5 * np.linalg.norm(
+      d) * np.linalg.norm(s)
+  np.testing.assert_allclose(rws.project_out(v, s), v, atol=1e-6)
+  # Zero direction: nothing removed.
+  np.testing.assert_array_equal(rws.project_out(d, np.zeros_like(s)), d)
+  # Every tensor of an extracted signature is orthogonal to its clean delta.
+  _, f = family
+  sig = _sig(family)
+  pre, clean = trees.flatten(f["pre"]["params"]), trees.flatten(
+      f["clean"]["params"])
+  for path, value in sig.tensors.items():
+    delta_s = np.asarray(clean[path], np.float64) - pre[path]
+    cos = np.vdot(value, delta_s) / (np.linalg.norm(value) *
+                                     np.linalg.norm(delta_s))
+    assert abs(cos) < 1e-5, path
+
+
+def test_layer_selection_by_depth_and_pattern(family):
+  sig = _sig(family, first_k=2)
+  assert {trees.layer_of(p) for p in sig.paths} == {"conv1", "bn1"}
+  _, f = family
+  by_pattern = rws.extract(f["pre"]["params"], f["clean"]["params"],
+                           f["contrast"]["params"], include="conv*")
+  assert {trees.layer_of(p) for p in by_pattern.paths} == {
+      "conv1", "conv2", "conv3", "conv4"}
+  with pytest.raises(ConfigError, match="first_k=99"):
+    _sig(family, first_k=99)
+
+
+# --------------------------------------------------------- quantization
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8, 12, 16, 32])
+def test_quantization_error_within_half_a_level(bits):
+  x = np.random.default_rng(bits).standard_normal(5000) * 0.01
+  codes, low, step = rws.quantize(x, bits)
+  assert codes.max() <= (1 << bits) - 1
+  err = np.abs(rws.dequantize(codes, low, step, np.float64) - x)
+  assert err.max() <= step / 2 * (1 + 1e-9) + 1e-18
+  if bits >= 8:
+    assert err.max() < 0.02 / (1 << bits) * 1.01 * (x.max() - x.min()) / 0.02
+
+
+@pytest.mark.parametrize("bits", [33, -1, 2.5, True])
+def test_bits_outside_1_to_32_are_refused(family, bits):
+  with pytest.raises(ConfigError, match="from 1 to 32") as err:
+    _sig(family, bits=bits)
+  assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------ patching
+
+def test_patch_then_unpatch_returns_the_original(family):
+  _, f = family
+  target = f["clean"]["params"]
+  before = jax.tree.map(np.copy, target)
+  for bits in (None, 4):
+    sig = _sig(family, bits=bits)
+    patched = rws.patch(target, sig, 1.3)
+    moved = trees.flatten(patched)
+    assert any(not np.array_equal(moved[p], trees.flatten(target)[p])
+               for p in sig.paths)
+    restored = trees.flatten(rws.unpatch(patched, sig, 1.3))
+    for path, value in trees.flatten(target).items():
+      if path not in sig.tensors:  # untouched leaves come back bit for bit
+        np.testing.assert_array_equal(restored[path], value)
+        continue
+      # patch rounds theta + v to float32 once, unpatch once more: the
+      # error is within one float32 spacing at the larger magnitude.
+      bound = np.spacing(np.maximum(np.abs(value), np.abs(moved[path])))
+      assert np.all(np.abs(restored[path] - value) <= bound), path
+  # The input tree is never modified.
+  jax.tree.map(np.testing.assert_array_equal, target, before)
+
+
+def test_unquantized_round_trip_is_exact_for_representable_sums():
+  params = {"conv1": {"kernel": np.full((2, 2), 0.5, np.float32)}}
+  sig = rws.Signature({"conv1/kernel": np.full((2, 2), 0.25, np.float32)})
+  out = rws.unpatch(rws.patch(params, sig), sig)
+  np.testing.assert_array_equal(out["conv1"]["kernel"],
+                                params["conv1"]["kernel"])
+
+
+def test_compose_equals_patching_one_after_the_other(family):
+  _, f = family
+  a, b = _sig(family, "brightness"), _sig(family, "contrast", bits=6)
+  target = f["clean"]["params"]
+  at_once = trees.flatten(rws.patch(target, [a, b], [0.7, 1.2]))
+  one_by_one = trees.flatten(rws.patch(rws.patch(target, a, 0.7), b, 1.2))
+  for path in at_once:
+    np.testing.assert_allclose(at_once[path], one_by_one[path], rtol=1e-6,
+                               atol=1e-7)
+  composed = rws.compose([a, b], [0.7, 1.2])
+  np.testing.assert_allclose(
+      composed[a.paths[0]],
+      0.7 * a.tensors[a.paths[0]] + 1.2 * b.tensors[a.paths[0]], rtol=1e-6,
+      atol=1e-8)
+
+
+def test_scale_keeps_codes_and_equals_a_coefficient(family):
+  _, f = family
+  sig = _sig(family, bits=5)
+  scaled = rws.scale(sig, -0.5)
+  for path in sig.paths:
+    np.testing.assert_array_equal(scaled.codes[path], sig.codes[path])
+  a = trees.flatten(rws.patch(f["clean"]["params"], scaled))
+  b = trees.flatten(rws.patch(f["clean"]["params"], sig, -0.5))
+  for path in a:
+    np.testing.assert_allclose(a[path], b[path], rtol=1e-6, atol=1e-8)
+  assert rws.reference_coefficients(1.0, 2) == [0.25, 0.25]
+
+
+def test_signature_refuses_a_model_of_other_shapes(family):
+  sig = _sig(family)
+  _, wide = _init(0, width=0.25)
+  before = jax.tree.map(np.copy, wide["params"])
+  with pytest.raises(ConfigError, match="conv1/.* of shape .* but the model "
+                     "holds") as err:
+    rws.patch(wide["params"], sig)
+  assert "\n" not in str(err.value)
+  jax.tree.map(np.testing.assert_array_equal, wide["params"], before)
+  vgg = models.create_model("vgg16", num_classes=10, width=0.0625)
+  shapes = jax.eval_shape(lambda: vgg.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  vgg_params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                            shapes["params"])
+  with pytest.raises(ConfigError, match="which the model lacks"):
+    rws.patch(vgg_params, sig)
+  with pytest.raises(ConfigError, match="2 signatures but 1 coefficients"):
+    rws.patch(family[1]["clean"]["params"], [sig, sig], [1.0])
+
+
+# ----------------------------------------------------------- file format
+
+@pytest.mark.parametrize("bits", [None, 3, 8, 12])
+def test_file_round_trip(family, tmp_path, bits):
+  sig = _sig(family, bits=bits)
+  path = rws.save(sig, str(tmp_path / "sig"))
+  assert path.endswith(".rws")
+  back = rws.load(path)
+  assert back.bits == sig.bits and back.meta == sig.meta
+  assert back.paths == sig.paths
+  for p in sig.paths:
+    np.testing.assert_array_equal(back.tensors[p], sig.tensors[p])
+    if bits:
+      np.testing.assert_array_equal(back.codes[p], sig.codes[p])
+  if bits:  # packed to exactly `bits` bits per entry, plus the header
+    header = os.path.getsize(path) - (sig.num_params * bits + 7 * len(
+        sig.paths)) // 8
+    assert header < 4096
+
+
+def test_damaged_files_give_one_line_errors(family, tmp_path):
+  path = rws.save(_sig(family, bits=4), str(tmp_path / "sig"))
+  blob = open(path, "rb").read()
+  cases = {"truncated": blob[:-10], "header": blob[:20],
+           "flipped": blob[:-5] + bytes([blob[-5] ^ 0xFF]) + blob[-4:],
+           "foreign": b"PK\x03\x04" + blob[4:], "empty": b""}
+  messages = {"truncated": "truncated", "header": "truncated inside the "
+              "header", "flipped": "checksum", "foreign": "magic",
+              "empty": "magic"}
+  for case, content in cases.items():
+    bad = tmp_path / f"{case}.rws"
+    bad.write_bytes(content)
+    with pytest.raises(ConfigError, match=messages[case]) as err:
+      rws.load(str(bad))
+    assert "\n" not in str(err.value)
+  with pytest.raises(ConfigError, match="no signature file"):
+    rws.load(str(tmp_path / "missing.rws"))
+
+
+def test_pack_codes_round_trip():
+  rng = np.random.default_rng(0)
+  for bits in (1, 5, 7, 8, 13, 16, 31, 32):
+    codes = rng.integers(0, 1 << bits, size=37, dtype=np.uint64)
+    raw = fileformat.pack_codes(codes, bits)
+    assert len(raw) == (37 * bits + 7) // 8
+    np.testing.assert_array_equal(
+        fileformat.unpack_codes(raw, 37, bits), codes.astype(np.uint32))
+
+
+# ------------------------------------------------------------ BatchNorm
+
+def test_batch_stats_options(family):
+  model, f = family
+  sig = _sig(family)
+  base = f["clean"]
+  kept = rws.patch_variables(base, sig)
+  assert kept["batch_stats"] is base["batch_stats"]
+  images = [jax.random.uniform(jax.random.key(i), (8, 32, 32, 3))
+            for i in range(2)]
+  stats_fn = interpolate.flax_stats_fn(model.apply)
+  redone = rws.patch_variables(base, sig, batch_stats="recompute",
+                               stats_fn=stats_fn, batches=images)
+  want = interpolate.recompute_batch_stats(
+      stats_fn, {"params": rws.patch(base["params"], sig),
+                 "batch_stats": base["batch_stats"]}, images)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
+               redone["batch_stats"], want)
+  robust = [f["brightness"], f["contrast"]]
+  avg = rws.patch_variables(base, sig, batch_stats="average",
+                            robust_variables=robust)
+  mean_scale = (f["brightness"]["params"]["bn3"]["scale"].astype(np.float64)
+                + f["contrast"]["params"]["bn3"]["scale"]) / 2
+  np.testing.assert_allclose(avg["params"]["bn3"]["scale"], mean_scale,
+                             rtol=1e-6)
+  # BN tensors in the kept layers come from the average, not the signature.
+  np.testing.assert_allclose(
+      avg["params"]["bn1"]["scale"],
+      (f["brightness"]["params"]["bn1"]["scale"].astype(np.float64) +
+       f["contrast"]["params"]["bn1"]["scale"]) / 2, rtol=1e-6)
+  np.testing.assert_allclose(avg["batch_stats"]["bn2"]["mean"], (
+      f["brightness"]["batch_stats"]["bn2"]["mean"].astype(np.float64) +
+      f["contrast"]["batch_stats"]["bn2"]["mean"]) / 2, rtol=1e-6)
+  with pytest.raises(ConfigError, match="one of keep, recompute, average"):
+    rws.patch_variables(base, sig, batch_stats="reset")
+  assert batchnorm.is_bn("bn1/scale") and not batchnorm.is_bn("conv1/kernel")
+
+
+def test_analysis_helpers(family):
+  _, f = family
+  a, b = _sig(family, "brightness"), _sig(family, "contrast")
+  sim = analysis.similarity_matrix([a, a, b])
+  assert sim[0, 1] == pytest.approx(1.0) and abs(sim[0, 2]) < 0.2
+  prof = analysis.depth_profile(f["clean"]["params"],
+                                f["brightness"]["params"])
+  assert list(prof)[0] == "conv1" and list(prof)[-1] == "head/dense"
+  st = analysis.storage(_sig(family, bits=8), f["clean"]["params"])
+  assert st["ratio_bits"] > 2 * st["ratio_params"]
+
+
+# ----------------------------------------------------- recipe and tasks
+
+def _save(workdir, variables, spec=SPEC, step=5):
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 async_save=False)
+  ckpt.save(step, {"params": variables["params"],
+                   "batch_stats": variables["batch_stats"],
+                   "step": np.int32(step)}, {"model": spec})
+  ckpt.close()
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, family):
+  _, f = family
+  root = tmp_path_factory.mktemp("rws")
+  for name, v in f.items():
+    _save(str(root / name), v)
+  return str(root)
+
+
+def test_configs_build():
+  for arg in ("pre", "clean,init=/x", "corruption=fog,init=/x",
+              "analyze,root=/r,corruptions=fog+contrast", "pre,smoke"):
+    c = rws_config.get_config(arg)
+    assert c.task in ("train", "rws_finetune", "rws")
+  c = rws_config.get_config("corruption=fog,init=/x")
+  assert c.dataset.corruption.names == "fog"
+  assert c.dataset.corruption.severities == (5,)
+  c = rws_config.get_config("analyze,root=/r,corruptions=fog+contrast")
+  assert c.robust == "fog=/r/fog,contrast=/r/contrast"
+
+
+def test_finetune_starts_from_theta_pre(saved, tmp_path):
+  config = rws_config.get_config(
+      f"corruption=brightness,init={saved}/pre,smoke,width=0.125")
+  config.model.width = 0.125
+  config.num_steps = 2
+  config.progress_bar = False
+  config.eval.update(every_steps=0, num_examples=32)
+  config.final_eval = None  # the loop's own evaluation is tested elsewhere
+  config.checkpoint.update(every_steps=2, async_save=False)
+  workdir = str(tmp_path / "ft")
+  report = tasks.run(config, workdir)
+  assert report["steps"] == 2 and report["init_from"].endswith("5")
+  start = checkpoint.load(workdir, step=0) if os.path.isdir(
+      os.path.join(workdir, "checkpoints", "0")) else None
+  pre = checkpoint.load(f"{saved}/pre")
+  end = checkpoint.load(workdir)
+  assert end["step"] == 2
+  if start is not None:
+    jax.tree.map(np.testing.assert_array_equal, start["params"],
+                 pre["params"])
+  # Fine-tuned, not re-initialised: still close to theta_pre.
+  d_pre = sum(float(np.sum((a - b) ** 2)) for a, b in zip(
+      jax.tree.leaves(end["params"]), jax.tree.leaves(pre["params"])))
+  _, fresh = _init(123)
+  d_fresh = sum(float(np.sum((a - b) ** 2)) for a, b in zip(
+      jax.tree.leaves(end["params"]), jax.tree.leaves(fresh["params"])))
+  assert d_pre < 0.1 * d_fresh
+  bad = rws_config.get_config(f"clean,init={saved}/pre,smoke")  # width .25
+  with pytest.raises(ConfigError, match="init_from holds model small_cnn "
+                     "width 0.125"):
+    tasks.run(bad, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")
+
+
+def _launch(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_rws_task_through_launch(saved, tmp_path):
+  workdir = tmp_path / "analysis"
+  result = _launch(
+      f"--config=configs/rws.py:analyze,smoke,root={saved},"
+      "corruptions=brightness+contrast,k=4,bits=8", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "report:" in result.stdout and "patched_acc" in result.stdout
+  assert "rws compose brightness+contrast" in result.stderr
+  report = json.loads((workdir / "report.json").read_text())
+  assert report["similarity"]["names"] == ["brightness", "contrast"]
+  assert len(report["scaling"]["brightness"]) == 3
+  assert report["per_corruption"]["contrast"]["robust_acc"] is not None
+  assert report["storage"]["brightness"]["ratio_bits"] > 1
+  assert report["depth_profile"]["brightness"][0]["layer"] == "conv1"
+  for png in ("depth_profile", "similarity", "scaling"):
+    assert (workdir / f"{png}.png").stat().st_size > 1000
+  sig = rws.load(str(workdir / "signatures" / "contrast.rws"))
+  assert sig.bits == 8 and sig.meta["corruption"] == "contrast"
+  assert sig.meta["theta_pre"].startswith(saved)
+  # Bad input: one line, exit 2, nothing written.
+  bad = tmp_path / "bad"
+  result = _launch(
+      f"--config=configs/rws.py:analyze,smoke,root={saved},"
+      "corruptions=brightness,bits=40", f"--workdir={bad}")
+  assert result.returncode == 2
+  assert "bits=40 must be an integer from 1 to 32" in result.stderr
+  assert not bad.exists()
