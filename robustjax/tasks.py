@@ -8,6 +8,7 @@
               (robustjax/weightspace/task.py).
 ``rws_finetune``, ``rws``  robust weight signatures: fine-tune from theta_pre;
               extract, patch and analyse (robustjax/rws/task.py).
+``rift``      RiFT fine-tuning of a robust checkpoint (robustjax/rift.py).
 """
 
 from __future__ import annotations
@@ -210,6 +211,12 @@ def _check_variables_fit(model, variables, split) -> None:
           f"{have.get(path, 'missing')} in the checkpoint but the model "
           f"expects {want.get(path, 'nothing')}; was the checkpoint written "
           "by a different model?")
+
+
+@register("rift")
+def _rift(config: Any, workdir: str) -> dict[str, Any]:
+  from robustjax.rift import run_rift  # local: heavy import
+  return run_rift(config, workdir)
 
 
 @register("interpolate")
