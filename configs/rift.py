@@ -52,6 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # Reference evaluation: PGD-10, step 2/225, random start.
                 attack=common.pgd_attack(int(args["steps"]),
                                          step_size=2 / 225))
+  # The attack of the alpha curve (selection); eval.attack is the before /
+  # after one. Both default to the reference's PGD-10 at step 2/225.
+  c.select_attack = common.pgd_attack(10, step_size=2 / 225)
   module = str(args["module"])
   choice = module if module in ("lowest", "middle") else "path"
   c.module = dict(choice=choice, path="" if choice != "path" else module,
@@ -75,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.select_num_examples = 32
     c.eval.update(num_examples=32, batch_size=32)
     c.eval.attack.steps = 2
+    c.select_attack.steps = 2
     c.mrc.update(epochs=2, batch_size=32, num_examples=32)
     c.mrc.attack.steps = 2
     c.finetune.update(epochs=2, batch_size=32, steps_per_epoch=2)

@@ -508,6 +508,8 @@ def _validate(config: Any) -> None:
     raise ConfigError("finetune.epochs must be at least 1")
   evaluation.validate_attack(config.eval.attack)
   evaluation.validate_attack(config.mrc.attack)
+  if config.get("select_attack") is not None:
+    evaluation.validate_attack(config.select_attack)
 
 
 def _save_variables(directory: str, variables: Mapping[str, Any], step: int,
@@ -581,10 +583,15 @@ def run_rift(config: Any, workdir: str) -> dict[str, Any]:
   clean_cfg = ml_collections.ConfigDict(clean_cfg)
   clean_step = evaluation.make_eval_step(model, clean_cfg, mesh)
 
-  def assess(variables, split, n, label, ood=False):
+  select_attack = config.get("select_attack") or config.eval.attack
+  select_step = evaluation.make_eval_step(model, select_attack, mesh)
+
+  def assess(variables, split, n, label, ood=False, selecting=False):
     result = evaluation.evaluate(
-        model, variables, split, mesh, attack_cfg=config.eval.attack,
-        batch_size=eval_bs, num_examples=n, seed=seed, eval_step=eval_step)
+        model, variables, split, mesh,
+        attack_cfg=select_attack if selecting else config.eval.attack,
+        batch_size=eval_bs, num_examples=n, seed=seed,
+        eval_step=select_step if selecting else eval_step)
     out = {"clean_acc": result["clean_acc"], "adv_acc": result["adv_acc"]}
     line = evaluation.format_accuracies(result)
     if ood and ood_cfg is not None:
@@ -656,12 +663,14 @@ def run_rift(config: Any, workdir: str) -> dict[str, Any]:
   curve = []
   for alpha in check_alphas(config.alphas):
     v = interpolate_states(robust, finetuned, alpha)
-    point = {"alpha": alpha, **assess(v, select_split, n_select,
-                                      f"alpha {alpha:.2f} ({config.selection})")}
+    point = {"alpha": alpha, **assess(
+        v, select_split, n_select, f"alpha {alpha:.2f} ({config.selection})",
+        selecting=True)}
     curve.append(point)
   base = next((p for p in curve if p["alpha"] == 0.0), None)
   base_adv = base["adv_acc"] if base is not None else assess(
-      robust, select_split, n_select, "robust model (selection)")["adv_acc"]
+      robust, select_split, n_select, "robust model (selection)",
+      selecting=True)["adv_acc"]
   chosen = select_alpha(curve, base_adv, float(config.tolerance))
   alpha = chosen["alpha"]
   say(f"chosen alpha {alpha:.2f}: {config.selection} clean "
@@ -681,7 +690,8 @@ def run_rift(config: Any, workdir: str) -> dict[str, Any]:
       "selection": str(config.selection), "selection_num_examples": n_select,
       "curve": curve, "alpha": alpha, "tolerance": float(config.tolerance),
       "finetune_bn": str(ft.bn), "attack": evaluation.attack_name(
-          config.eval.attack), "test_num_examples": n_test,
+          config.eval.attack), "select_attack": evaluation.attack_name(
+          select_attack), "test_num_examples": n_test,
       "warnings": warnings_}
   for key, value in before.items():
     report[f"before_{key}"] = value
