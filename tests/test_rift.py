@@ -301,3 +301,14 @@ def test_rift_task_end_to_end_via_launch(tiny_checkpoint, tmp_path):
   # The final model is the workdir's checkpoint, at the chosen alpha.
   final = checkpoint.load(str(workdir))
   assert final["meta"]["rift"]["alpha"] == report["alpha"]
+
+
+def test_config_args():
+  c = rift_config.get_config("paper,module=stage2/block2/conv2,bn=frozen")
+  assert c.task == "rift" and c.selection == "paper"
+  assert c.module.choice == "path" and c.module.path == "stage2/block2/conv2"
+  assert c.finetune.bn == "frozen"
+  c = rift_config.get_config("module=middle")
+  assert c.module.choice == "middle" and c.selection == "val"
+  assert c.alphas == tuple(round(0.1 * i, 1) for i in range(11))
+  assert "launch.py --config=configs/rift.py" in rift_config.__doc__
