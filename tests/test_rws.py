@@ -339,14 +339,11 @@ def test_finetune_starts_from_theta_pre(saved, tmp_path):
   workdir = str(tmp_path / "ft")
   report = tasks.run(config, workdir)
   assert report["steps"] == 2 and report["init_from"].endswith("5")
-  start = checkpoint.load(workdir, step=0) if os.path.isdir(
-      os.path.join(workdir, "checkpoints", "0")) else None
+  start = checkpoint.load(workdir, step=0)  # the seeded checkpoint
   pre = checkpoint.load(f"{saved}/pre")
   end = checkpoint.load(workdir)
   assert end["step"] == 2
-  if start is not None:
-    jax.tree.map(np.testing.assert_array_equal, start["params"],
-                 pre["params"])
+  jax.tree.map(np.testing.assert_array_equal, start["params"], pre["params"])
   # Fine-tuned, not re-initialised: still close to theta_pre.
   d_pre = sum(float(np.sum((a - b) ** 2)) for a, b in zip(
       jax.tree.leaves(end["params"]), jax.tree.leaves(pre["params"])))
