@@ -87,6 +87,7 @@ def _analyze(args: dict, smoke: bool) -> ml_collections.ConfigDict:
   c.include = ""                      # or comma-separated path patterns
   c.bits = int(args["bits"])
   c.coefficients = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+  c.composition = "linear"            # linear (1 each) | reference ((1/K)^2)
   c.severity = int(args["severity"])
   c.batch_stats = "keep"              # keep | recompute | average
   c.bn_batches = 20

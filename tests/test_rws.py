@@ -371,7 +371,7 @@ def test_rws_task_through_launch(saved, tmp_path):
       "corruptions=brightness+contrast,k=4,bits=8", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "report:" in result.stdout and "patched_acc" in result.stdout
-  assert "rws compose brightness+contrast" in result.stderr
+  assert "rws compose brightness+contrast (x1)" in result.stderr
   report = json.loads((workdir / "report.json").read_text())
   assert report["similarity"]["names"] == ["brightness", "contrast"]
   assert len(report["scaling"]["brightness"]) == 3

@@ -17,7 +17,9 @@ save one signature per corruption, then measure:
   target (coefficient 1) and of the robust model, clean accuracy after
   patching;
 * ``cross``: each signature evaluated on every corruption;
-* ``composition``: pairs (and all) of signatures added together;
+* ``composition``: pairs (and all) of signatures added together, with
+  coefficient 1 each (``composition='linear'``) or the reference code's
+  ``(1/K)^2`` each (``'reference'``);
 * ``storage``: signature size against the full model.
 
 Writes ``WORKDIR/signatures/<corruption>.rws``, ``WORKDIR/report.json``,
@@ -187,6 +189,11 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
   if bn_mode not in batchnorm.BATCH_STATS:
     raise ConfigError(f"batch_stats='{bn_mode}' is not one of "
                       f"{', '.join(batchnorm.BATCH_STATS)}")
+  composition_mode = str(config.get("composition", "linear"))
+  if composition_mode not in ("linear", "reference"):
+    raise ConfigError(f"composition='{composition_mode}' is not 'linear' "
+                      "(coefficient 1 each) or 'reference' ((1/K)^2 each, "
+                      "as the reference code's --alpha 1)")
   severity = int(config.severity)
   corruptions.check_severity(severity)
   include = [p.strip() for p in str(config.get("include", "")).split(",")
@@ -307,11 +314,15 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
   if len(names) > 2:
     groups.append(list(names))
   for group in groups:
-    v = patched([sigs[c] for c in group], [1.0] * len(group))
-    row = {"signatures": group, "clean_acc": ev.accuracy(v, "clean"),
+    coefs = ([1.0] * len(group) if composition_mode == "linear" else
+             sig_lib.reference_coefficients(1.0, len(group)))
+    v = patched([sigs[c] for c in group], coefs)
+    row = {"signatures": group, "coefficients": coefs,
+           "clean_acc": ev.accuracy(v, "clean"),
            "corrupted_acc": {c: ev.accuracy(v, c) for c in group}}
     composition.append(row)
-    logging.info("rws compose %s: clean %.2f%% | %s", "+".join(group),
+    logging.info("rws compose %s (x%.3g): clean %.2f%% | %s",
+                 "+".join(group), coefs[0],
                  100 * row["clean_acc"], " ".join(
                      f"{c} {100 * a:.2f}%"
                      for c, a in row["corrupted_acc"].items()))
