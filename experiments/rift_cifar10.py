@@ -41,6 +41,8 @@ flags.DEFINE_integer("ft_steps", 20, "Steps per fine-tuning epoch (0=all).")
 flags.DEFINE_integer("ood_n", 500, "Test points per corruption/severity.")
 flags.DEFINE_string("ood", "rift18", "Corruption list or none.")
 flags.DEFINE_string("module", "lowest", "lowest | middle | a module path.")
+flags.DEFINE_string("results", "rift_cifar10.json",
+                    "File name under experiments/results/.")
 
 PAPER = {"at": (81.46, 73.56, 53.63), "rift": (83.44, 75.69, 53.65)}
 
@@ -79,11 +81,11 @@ def main(_):
   out = {"command": " ".join(sys.argv), "flags": {
       k: FLAGS[k].value for k in ("robust", "workdir", "n", "mrc_n",
                                   "mrc_epochs", "select_n", "ft_steps",
-                                  "ood_n", "ood", "module")},
+                                  "ood_n", "ood", "module", "results")},
          "paper": PAPER, "wall_time_s": round(time.time() - start, 1),
          **{k: v for k, v in report.items()}}
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                      "rift_cifar10.json")
+                      FLAGS.results)
   with open(path, "w") as f:
     json.dump(out, f, indent=1, sort_keys=True, default=float)
   print("wrote", path)
