@@ -41,6 +41,7 @@ flags.DEFINE_integer("ft_steps", 20, "Steps per fine-tuning epoch (0=all).")
 flags.DEFINE_integer("ood_n", 500, "Test points per corruption/severity.")
 flags.DEFINE_string("ood", "rift18", "Corruption list or none.")
 flags.DEFINE_string("module", "lowest", "lowest | middle | a module path.")
+flags.DEFINE_string("bn", "train", "train (reference) | frozen (ablation).")
 flags.DEFINE_string("results", "rift_cifar10.json",
                     "File name under experiments/results/.")
 
@@ -50,7 +51,7 @@ PAPER = {"at": (81.46, 73.56, 53.63), "rift": (83.44, 75.69, 53.65)}
 def main(_):
   from robustjax import tasks
   config = rift_config.get_config(f"n={FLAGS.n},steps=20,ood={FLAGS.ood},"
-                                  f"module={FLAGS.module}")
+                                  f"module={FLAGS.module},bn={FLAGS.bn}")
   config.checkpoint_path = FLAGS.robust
   config.eval.attack = common.pgd_attack(20)  # step 2/255, for the table
   config.eval.batch_size = 250
@@ -81,7 +82,8 @@ def main(_):
   out = {"command": " ".join(sys.argv), "flags": {
       k: FLAGS[k].value for k in ("robust", "workdir", "n", "mrc_n",
                                   "mrc_epochs", "select_n", "ft_steps",
-                                  "ood_n", "ood", "module", "results")},
+                                  "ood_n", "ood", "module", "results",
+                                  "bn")},
          "paper": PAPER, "wall_time_s": round(time.time() - start, 1),
          **{k: v for k, v in report.items()}}
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
