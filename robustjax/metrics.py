@@ -86,3 +86,15 @@ def write_report(workdir: str, report: Mapping[str, Any]) -> str:
     f.write("\n")
   os.replace(tmp, path)
   return path
+
+
+def write_points(workdir: str, points: list[Mapping[str, Any]]) -> None:
+  """Logs a curve (one dict per point, e.g. per alpha) as steps 0, 1, ...
+
+  Only the numeric values of each point go to metrics.jsonl / TensorBoard.
+  """
+  writer = MetricWriter(workdir)
+  for i, point in enumerate(points):
+    writer.write(i, {k: v for k, v in point.items()
+                     if isinstance(v, (int, float))})
+  writer.close()

@@ -532,7 +532,7 @@ def run_rift(config: Any, workdir: str) -> dict[str, Any]:
   as the workdir's model).
   """
   from robustjax import checkpoint, evaluation, tasks  # local: heavy imports
-  from robustjax.metrics import MetricWriter, write_report
+  from robustjax.metrics import write_points, write_report
   from robustjax.weightspace import plots
   start = time.time()
   _validate(config)
@@ -698,11 +698,7 @@ def run_rift(config: Any, workdir: str) -> dict[str, Any]:
   for key, value in after.items():
     report[f"after_{key}"] = value
   report["wall_time_s"] = round(time.time() - start, 1)
-  writer = MetricWriter(workdir)
-  for i, point in enumerate(curve):
-    writer.write(i, {k: v for k, v in point.items()
-                     if isinstance(v, (int, float))})
-  writer.close()
+  write_points(workdir, curve)
   write_report(workdir, report)
   if jax.process_index() == 0:
     values = {r["module"]: r["mrc"] for r in sorted(

@@ -12,12 +12,13 @@ The embedded CIFAR-10 copy and its fixed, class-mixed order are described in
 
 from robustjax.data.augment import random_crop_flip, to_float
 from robustjax.data.embedded import CLASS_NAMES
-from robustjax.data.pipeline import TrainBatches, eval_batches
+from robustjax.data.pipeline import (TrainBatches, clean_float_batches,
+                                     eval_batches)
 from robustjax.data.sources import (DATASETS, ArraySplit, DatasetInfo,
                                     holdout_split, load_split)
 
 __all__ = [
-    "ArraySplit", "CLASS_NAMES", "DATASETS", "DatasetInfo", "TrainBatches",
+    "ArraySplit", "CLASS_NAMES", "DATASETS", "DatasetInfo", "TrainBatches", "clean_float_batches",
     "eval_batches", "holdout_split", "load_split", "random_crop_flip",
     "to_float",
 ]

@@ -150,14 +150,9 @@ class _Evaluator:
 
 
 def _bn_batches(config: Any, mesh):
-  ds = config.dataset
-  train = data.load_split(ds.name, "train", source=ds.source,
-                          data_dir=ds.get("data_dir") or None)
-  batches = data.TrainBatches(train, int(config.bn_batch_size),
-                              int(config.get("seed", 0)), mesh)
-  to_float = jax.jit(data.to_float)
-  return [to_float(batches.batch(i)["image"])
-          for i in range(int(config.bn_batches))]
+  return data.clean_float_batches(config.dataset, int(config.bn_batch_size),
+                                  int(config.bn_batches),
+                                  int(config.get("seed", 0)), mesh)
 
 
 def _variables(restored) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from absl import logging
 
 from robustjax import checkpoint, data, evaluation, sharding
 from robustjax.errors import ConfigError
-from robustjax.metrics import MetricWriter, write_report
+from robustjax.metrics import write_points, write_report
 from robustjax.weightspace import (arithmetic, curves, interpolate, plots,
                                    sharpness, streaming, trees)
 
@@ -73,17 +73,11 @@ def _ood_fn(config: Any, model, mesh):
 def _bn_batches(config: Any, mesh):
   """``() -> iterable of float image batches`` from the training split
   (no augmentation), for ``batch_stats='recompute'``."""
-  ds = config.dataset
-  train = data.load_split(ds.name, "train", source=ds.source,
-                          data_dir=ds.get("data_dir") or None)
-  batches = data.TrainBatches(train, int(config.bn_batch_size),
-                              int(config.get("seed", 0)), mesh)
-  to_float = jax.jit(data.to_float)
-
-  def make():
-    return (to_float(batches.batch(i)["image"])
-            for i in range(int(config.bn_batches)))
-  return make
+  batches = data.clean_float_batches(config.dataset,
+                                     int(config.bn_batch_size),
+                                     int(config.bn_batches),
+                                     int(config.get("seed", 0)), mesh)
+  return lambda: iter(batches)
 
 
 def _sharpness(config: Any, model, variables: dict, split, label: str,
@@ -192,11 +186,7 @@ def run_interpolate(config: Any, workdir: str) -> dict[str, Any]:
         for side in ("a", "b")}
   report["wall_time_s"] = round(time.time() - start, 1)
 
-  writer = MetricWriter(workdir)
-  for i, point in enumerate(curve):
-    writer.write(i, {k: v for k, v in point.items()
-                     if isinstance(v, (int, float))})
-  writer.close()
+  write_points(workdir, curve)
   write_report(workdir, report)
   if jax.process_index() == 0:
     plots.plot_curve(curve, title=f"{spec['name']} w{spec['width']:g}: "
