@@ -18,6 +18,8 @@ from robustjax.rws import analysis, batchnorm, fileformat
 from robustjax.rws import signatures as sig_lib
 from robustjax.weightspace import interpolate, trees
 
+import tiny_models
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = {"name": "small_cnn", "width": 0.125, "num_classes": 10}
 
@@ -297,13 +299,7 @@ def test_analysis_helpers(family):
 # ----------------------------------------------------- recipe and tasks
 
 def _save(workdir, variables, spec=SPEC, step=5):
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 async_save=False)
-  ckpt.save(step, {"params": variables["params"],
-                   "batch_stats": variables["batch_stats"],
-                   "step": np.int32(step)}, {"model": spec})
-  ckpt.close()
-  return workdir
+  return tiny_models.save_checkpoint(workdir, variables, spec, step)
 
 
 @pytest.fixture(scope="module")

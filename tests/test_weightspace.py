@@ -18,6 +18,8 @@ from robustjax.errors import ConfigError
 from robustjax.weightspace import (arithmetic, curves, interpolate,
                                    sharpness, streaming, trees)
 
+import tiny_models
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = {"name": "small_cnn", "width": 0.125, "num_classes": 10}
 
@@ -33,13 +35,7 @@ def _variables(seed, width=SPEC["width"]):
 
 
 def _save(workdir, variables, spec=SPEC, step=7):
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 async_save=False)
-  ckpt.save(step, {"params": variables["params"],
-                   "batch_stats": variables["batch_stats"],
-                   "step": np.int32(step)}, {"model": spec})
-  ckpt.close()
-  return workdir
+  return tiny_models.save_checkpoint(workdir, variables, spec, step)
 
 
 @pytest.fixture(scope="module")

@@ -124,3 +124,21 @@ def torchattacks_standard(twin, eps: float, n_classes: int = 10) -> list:
                                      p_init=0.8, loss="margin",
                                      resc_schedule=False, seed=0)),
   ]
+
+
+def save_checkpoint(workdir, variables, spec: dict, step: int) -> str:
+  """Writes ``variables`` as a robustjax checkpoint of model ``spec``.
+
+  The layout ``launch.py`` tasks read (``WORKDIR/checkpoints/<step>``);
+  returns ``workdir``.
+  """
+  import os  # local: only this helper needs it
+
+  from robustjax import checkpoint
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 async_save=False)
+  ckpt.save(step, {"params": variables["params"],
+                   "batch_stats": variables["batch_stats"],
+                   "step": np.int32(step)}, {"model": spec})
+  ckpt.close()
+  return workdir
