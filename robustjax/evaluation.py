@@ -38,12 +38,15 @@ def validate_attack(cfg: Any) -> None:
 
 
 def make_eval_step(model, attack_cfg: Any, mesh):
-  """A jitted ``(variables, batch, key) -> {clean, adv, count}`` of sums.
+  """A jitted ``(variables, batch, key) -> {clean, adv, count, clean_loss,
+  adv_loss}`` of sums.
 
   ``adv`` counts points still correct after the attack (equal to ``clean``
-  when ``attack_cfg.steps == 0``). Each example's random start is keyed by
-  ``fold_in(key, batch["index"])``, its position in the split, so the result
-  does not depend on the batch size or the number of devices.
+  when ``attack_cfg.steps == 0``); the losses are cross-entropy sums at the
+  clean and the attacked points (the weight-space curves use them). Each
+  example's random start is keyed by ``fold_in(key, batch["index"])``, its
+  position in the split, so the result does not depend on the batch size or
+  the number of devices.
   """
   steps = int(attack_cfg.steps)
 
@@ -52,7 +55,10 @@ def make_eval_step(model, attack_cfg: Any, mesh):
     y = batch["label"]
     mask = batch["mask"].astype(jnp.float32)
     logits_fn = lambda z: model.apply(variables, z, train=False)  # noqa: E731
-    clean_ok = (jnp.argmax(logits_fn(x), -1) == y).astype(jnp.float32)
+    logits = logits_fn(x)
+    clean_ok = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    clean_loss = attacks.cross_entropy(logits, y)
+    adv_loss = clean_loss
     if steps > 0:
       example_keys = jax.vmap(jax.random.fold_in, (None, 0))(
           key, batch["index"])
@@ -63,13 +69,16 @@ def make_eval_step(model, attack_cfg: Any, mesh):
           random_start=bool(attack_cfg.get("random_start", True)),
           restarts=int(attack_cfg.get("restarts", 1)),
           loss=attack_cfg.get("loss", "ce"))
-      adv_ok = (jnp.argmax(logits_fn(x_adv), -1) == y).astype(jnp.float32)
+      adv_logits = logits_fn(x_adv)
+      adv_ok = (jnp.argmax(adv_logits, -1) == y).astype(jnp.float32)
       # A point wrong on clean input counts as broken whatever the attack did.
       adv_ok = adv_ok * clean_ok
+      adv_loss = attacks.cross_entropy(adv_logits, y)
     else:
       adv_ok = clean_ok
     return {"clean": jnp.sum(clean_ok * mask), "adv": jnp.sum(adv_ok * mask),
-            "count": jnp.sum(mask)}
+            "count": jnp.sum(mask), "clean_loss": jnp.sum(clean_loss * mask),
+            "adv_loss": jnp.sum(adv_loss * mask)}
 
   return jax.jit(step, in_shardings=(sharding.replicated(mesh),
                                      sharding.batch_sharded(mesh),

@@ -15,51 +15,13 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from robustjax import attacks, data, evaluation, sharding
+from robustjax import data, evaluation, sharding
 from robustjax.errors import ConfigError
 from robustjax.weightspace import interpolate as interp
 
 EvalFn = Callable[[Any], dict[str, float]]
-
-
-def _make_loss_step(model, attack_cfg: Any, mesh):
-  """Jitted ``(variables, batch, key) -> sums`` of correct counts and CE
-  losses, clean and under ``attack_cfg`` (PGD; ``steps=0`` skips it)."""
-  steps = int(attack_cfg.steps)
-
-  def step(variables, batch, key):
-    x = data.to_float(batch["image"])
-    y = batch["label"]
-    mask = batch["mask"].astype(jnp.float32)
-    logits_fn = lambda z: model.apply(variables, z, train=False)  # noqa: E731
-    logits = logits_fn(x)
-    clean_ok = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-    clean_loss = attacks.cross_entropy(logits, y)
-    out = {"clean_correct": jnp.sum(clean_ok * mask),
-           "clean_loss": jnp.sum(clean_loss * mask), "count": jnp.sum(mask)}
-    if steps > 0:
-      keys = jax.vmap(jax.random.fold_in, (None, 0))(key, batch["index"])
-      x_adv = attacks.pgd(
-          logits_fn, x, y, key=keys, eps=float(attack_cfg.eps),
-          step_size=float(attack_cfg.step_size), steps=steps,
-          norm=attack_cfg.get("norm", "linf"),
-          random_start=bool(attack_cfg.get("random_start", True)),
-          restarts=int(attack_cfg.get("restarts", 1)),
-          loss=attack_cfg.get("loss", "ce"))
-      adv_logits = logits_fn(x_adv)
-      # As in robustjax.evaluation: a point wrong on clean input is broken.
-      adv_ok = (jnp.argmax(adv_logits, -1) == y).astype(jnp.float32) * clean_ok
-      out["adv_correct"] = jnp.sum(adv_ok * mask)
-      out["adv_loss"] = jnp.sum(attacks.cross_entropy(adv_logits, y) * mask)
-    return out
-
-  return jax.jit(step, in_shardings=(sharding.replicated(mesh),
-                                     sharding.batch_sharded(mesh),
-                                     sharding.replicated(mesh)),
-                 out_shardings=sharding.replicated(mesh))
 
 
 def make_evaluator(model, split: data.ArraySplit, mesh, *, attack_cfg: Any,
@@ -74,7 +36,8 @@ def make_evaluator(model, split: data.ArraySplit, mesh, *, attack_cfg: Any,
   The step compiles once and is reused for every point of the curve.
   """
   evaluation.validate_attack(attack_cfg)
-  step = _make_loss_step(model, attack_cfg, mesh)
+  step = evaluation.make_eval_step(model, attack_cfg, mesh)
+  kinds = ("clean", "adv") if int(attack_cfg.steps) > 0 else ("clean",)
   key = sharding.put_replicated(jax.random.key(seed), mesh)
 
   def eval_fn(variables):
@@ -86,10 +49,9 @@ def make_evaluator(model, split: data.ArraySplit, mesh, *, attack_cfg: Any,
         totals[name] = totals.get(name, 0.0) + float(value)
     count = max(totals.pop("count"), 1.0)
     out = {"num_examples": int(count)}
-    for kind in ("clean", "adv"):
-      if f"{kind}_correct" in totals:
-        out[f"{kind}_acc"] = totals[f"{kind}_correct"] / count
-        out[f"{kind}_loss"] = totals[f"{kind}_loss"] / count
+    for kind in kinds:
+      out[f"{kind}_acc"] = totals[kind] / count
+      out[f"{kind}_loss"] = totals[f"{kind}_loss"] / count
     if ood_fn is not None:
       out.update(ood_fn(variables))
     return out
