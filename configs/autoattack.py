@@ -28,14 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   smoke = bool(args.get("smoke"))
   if args["n"] < 0:  # not given: 1000 points (64 for smoke)
     args["n"] = 64 if smoke else 1000
-  c = ml_collections.ConfigDict()
-  c.task = "autoattack"
-  c.num_devices = 0
-  c.checkpoint_path = ""
-  c.step = 0
-  c.best = bool(args.get("best", False))
-  c.dataset = dict(name="cifar10", source="embedded", data_dir="",
-                   split="test")
+  c = common.checkpoint_task("autoattack",
+                             best=bool(args.get("best", False)))
   c.num_examples = int(args["n"])
   c.batch_size = 500
   c.chunk_size = 10

@@ -37,6 +37,26 @@ def pgd_attack(steps: int, eps: float = EPS, step_size: float = 2 / 255,
       norm="linf", loss="ce", random_start=True))
 
 
+def checkpoint_task(task: str, best: bool = False
+                    ) -> ml_collections.ConfigDict:
+  """The keys every task that reads a saved checkpoint shares.
+
+  ``checkpoint_path`` (a workdir or step folder, set on the command line),
+  ``step`` (0 = newest), ``best``, the test split of the embedded CIFAR-10,
+  ``seed`` and ``num_devices`` (0 = all).
+  """
+  c = ml_collections.ConfigDict()
+  c.task = task
+  c.seed = 0
+  c.num_devices = 0
+  c.checkpoint_path = ""
+  c.step = 0
+  c.best = best
+  c.dataset = dict(name="cifar10", source="embedded", data_dir="",
+                   split="test")
+  return c
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every training key with its default; experiment files override it."""
   c = ml_collections.ConfigDict()

@@ -28,15 +28,7 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, steps=20, restarts=1, n=0, eps=8.0,
                           ood="none", sev="12345")
-  c = ml_collections.ConfigDict()
-  c.task = "evaluate"
-  c.seed = 0
-  c.num_devices = 0
-  c.checkpoint_path = ""
-  c.step = 0
-  c.best = bool(args.get("best", False))
-  c.dataset = dict(name="cifar10", source="embedded", data_dir="",
-                   split="test")
+  c = common.checkpoint_task("evaluate", best=bool(args.get("best", False)))
   c.eval = dict(num_examples=int(args["n"]), batch_size=512,
                 attack=common.pgd_attack(int(args["steps"]),
                                          eps=float(args["eps"]) / 255,

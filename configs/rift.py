@@ -35,15 +35,7 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, n=1000, steps=10, module="lowest", bn="train",
                           ood="none", lr=1e-3, epochs=10)
-  c = ml_collections.ConfigDict()
-  c.task = "rift"
-  c.seed = 0
-  c.num_devices = 0
-  c.checkpoint_path = ""
-  c.step = 0
-  c.best = False
-  c.dataset = dict(name="cifar10", source="embedded", data_dir="",
-                   split="test")
+  c = common.checkpoint_task("rift")
   c.selection = "paper" if args.get("paper") else "val"
   c.val_size = 1000          # held out of the training split (selection=val)
   c.select_num_examples = 0  # points of the selection split used (0 = all)
