@@ -87,6 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.final_eval = dict(num_examples=0, batch_size=512, attack=pgd_attack(20))
   c.checkpoint = dict(every_steps=500, max_to_keep=2, best_metric="adv_acc",
                       async_save=True)
+  # How the training state is laid out over the devices (robustjax/sharding.py):
+  # dp = replicated parameters; fsdp = parameters and optimizer state split
+  # over the data axis (ZeRO-3), for models too large to replicate.
+  c.sharding = dict(strategy="dp")
   return c
 
 

@@ -20,8 +20,8 @@ from robustjax.errors import ConfigError
 from robustjax.models import layers
 
 ALL_MODELS = ("preact_resnet18", "resnet18", "resnet34", "small_cnn", "vgg16",
-              "wrn28_10", "wrn34_10")
-BN_FREE_MODELS = ("vgg16",)
+              "vit_b", "wrn28_10", "wrn34_10", "wrn70_16")
+BN_FREE_MODELS = ("vgg16", "vit_b")
 SMALL_WIDTH = 0.125
 # flax's automatic submodule names look like Conv_0, BatchNorm_3, block_1.
 AUTO_NAME = re.compile(r"_[0-9]+$")
@@ -45,6 +45,10 @@ EXPECTED_PARAM_COUNTS = {
     "wrn28_10": 36_479_194,
     "vgg16": 14_728_266 - 2 * (2 * 64 + 2 * 128 + 3 * 256 + 6 * 512),
     "small_cnn": 330_730,
+    # WRN-70-16 as in Gowal et al. (~267M); ViT-B/4 with 10 classes: see
+    # test_vit_b_param_count for the sum.
+    "wrn70_16": 266_796_506,
+    "vit_b": 85_152_010,
 }
 
 
@@ -197,6 +201,13 @@ EXPECTED_PATHS = {
               "features/conv12/kernel", "head/dense/kernel"],
     "small_cnn": ["conv1/kernel", "bn1/scale", "conv4/kernel", "bn4/bias",
                   "fc1/kernel", "head/dense/kernel"],
+    "wrn70_16": ["stage1/block0/shortcut/conv/kernel",
+                 "stage3/block10/conv2/kernel", "final_bn/scale"],
+    "vit_b": ["embed/patch/kernel", "embed/cls", "embed/pos",
+              "encoder/layer0/ln1/scale", "encoder/layer0/attn/query/kernel",
+              "encoder/layer11/attn/out/kernel", "encoder/layer5/mlp/fc1/bias",
+              "encoder/layer11/mlp/fc2/kernel", "encoder/ln/scale",
+              "head/dense/kernel"],
 }
 UNEXPECTED_PATHS = {
     # No shortcut where the shape is unchanged; pre-activation shortcuts and
@@ -349,3 +360,68 @@ def test_conv_init_is_kaiming_normal_fan_out():
   assert abs(float(jnp.std(kernel)) / expected_std - 1.0) < 0.03
   # Untruncated (as torch.nn.init.kaiming_normal_): some values beyond 2 std.
   assert float(jnp.max(jnp.abs(kernel))) > 2.5 * expected_std
+
+
+# --- large models: WRN-70-16 and ViT-B (traced only) -------------------------
+
+
+def test_vit_b_param_count():
+  """ViT-B/4 at width 1, 10 classes, summed by hand: patch embedding
+  4*4*3*768 + 768, class token 768, position embedding 65*768; per layer two
+  LayerNorms (4*768), q/k/v/out (4*(768*768 + 768)), MLP (768*3072 + 3072 +
+  3072*768 + 768); final LayerNorm 2*768; head 768*10 + 10."""
+  d, mlp, layers_ = 768, 3072, 12
+  per_layer = 4 * d + 4 * (d * d + d) + (d * mlp + mlp + mlp * d + d)
+  expected = (4 * 4 * 3 * d + d) + d + 65 * d + layers_ * per_layer \
+      + 2 * d + (d * 10 + 10)
+  assert expected == EXPECTED_PARAM_COUNTS["vit_b"]
+  params = _abstract_init(models.create_model("vit_b"))["params"]
+  assert params["encoder"]["layer0"]["attn"]["query"]["kernel"].shape == (
+      768, 12, 64)
+  assert params["encoder"]["layer0"]["mlp"]["fc1"]["kernel"].shape == (
+      768, 3072)
+  assert params["embed"]["pos"].shape == (1, 65, 768)
+
+
+@pytest.mark.parametrize("width, hidden, heads", [
+    (0.5, 384, 6), (0.25, 192, 3), (0.0625, 48, 1)])
+def test_vit_width_scales_hidden_and_heads(width, hidden, heads):
+  """ViT-S at width 0.5, ViT-Ti at 0.25: heads of 64 dimensions."""
+  params = _abstract_init(models.create_model("vit_b", width=width))["params"]
+  assert params["encoder"]["layer3"]["attn"]["key"]["kernel"].shape == (
+      hidden, heads, hidden // heads)
+  assert params["encoder"]["layer3"]["mlp"]["fc2"]["kernel"].shape == (
+      4 * hidden, hidden)
+  assert params["head"]["dense"]["kernel"].shape == (hidden, 10)
+
+
+def test_wrn70_16_shapes():
+  params = _abstract_init(models.create_model("wrn70_16"))["params"]
+  assert set(params["stage2"]) == {f"block{j}" for j in range(11)}
+  assert params["stage3"]["block10"]["conv2"]["kernel"].shape == (
+      3, 3, 1024, 1024)
+  assert params["head"]["dense"]["kernel"].shape == (1024, 10)
+
+
+def test_vit_forward_same_weights_at_32_and_64_pixels():
+  """A real forward of a 2-layer width-1/16 ViT (vit_b's code, fewer layers
+  to compile): finite float32 logits; 64x64 inputs reuse the 32x32 weights
+  (the position embedding is resized); train=True changes nothing (no
+  dropout, no BatchNorm)."""
+  from robustjax.models import vit
+  model = vit.ViT(num_classes=10, width=0.0625, depth=2,
+                  mean=models.CIFAR10_MEAN, std=models.CIFAR10_STD)
+  variables = _real_init(model, _images())
+
+  @jax.jit
+  def run(variables, x32, x64):
+    return (model.apply(variables, x32, train=False),
+            model.apply(variables, x32, train=True),
+            model.apply(variables, x64, train=False))
+
+  logits, train_logits, logits64 = run(variables, _images(),
+                                       _images(size=64, seed=1))
+  assert logits.shape == logits64.shape == (2, 10)
+  assert logits.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(logits64)))
+  np.testing.assert_array_equal(logits, train_logits)

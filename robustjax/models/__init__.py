@@ -30,7 +30,12 @@ Parameter naming scheme (every submodule is named; no ``Conv_0`` names):
   ``head/dense``.
 * ``preact_resnet18``: ``stem/conv``, ``stage{1-4}/block{j}/{bn1,conv1,bn2,
   conv2}``, ``stage{s}/block0/shortcut/conv``, ``final_bn``, ``head/dense``.
-* ``wrn34_10``, ``wrn28_10``: as ``preact_resnet18`` with stages 1-3.
+* ``wrn34_10``, ``wrn28_10``, ``wrn70_16``: as ``preact_resnet18`` with
+  stages 1-3.
+* ``vit_b`` (ViT-B/4, no BatchNorm): ``embed/{patch,cls,pos}``,
+  ``encoder/layer{i}/{ln1,attn/{query,key,value,out},ln2,mlp/{fc1,fc2}}``,
+  ``encoder/ln``, ``head/dense``; ``width`` scales the hidden size (heads of
+  64 dimensions).
 * ``vgg16``: ``features/conv{0-12}`` (convs counted in order), ``head/dense``.
 * ``small_cnn``: ``conv{1-4}``, ``bn{1-4}``, ``fc1``, ``head/dense``.
 
@@ -47,6 +52,7 @@ from robustjax.models.registry import available_models, create_model, register
 from robustjax.models import resnet as _resnet  # noqa: F401,E402
 from robustjax.models import small as _small  # noqa: F401,E402
 from robustjax.models import vgg as _vgg  # noqa: F401,E402
+from robustjax.models import vit as _vit  # noqa: F401,E402
 from robustjax.models import wide_resnet as _wide_resnet  # noqa: F401,E402
 
 __all__ = [

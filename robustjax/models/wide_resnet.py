@@ -74,3 +74,12 @@ def wrn28_10(num_classes: int, width: float, dtype: Dtype,
              mean: tuple[float, ...], std: tuple[float, ...]) -> WideResNet:
   """WRN-28-10: 4 blocks per stage, 160/320/640 channels; 36.48M parameters."""
   return WideResNet(28, 10, num_classes, width, dtype, mean, std)
+
+
+@register("wrn70_16")
+def wrn70_16(num_classes: int, width: float, dtype: Dtype,
+             mean: tuple[float, ...], std: tuple[float, ...]) -> WideResNet:
+  """WRN-70-16: 11 blocks per stage, 256/512/1024 channels; 266.8M
+  parameters (Gowal et al. 2020/2021's large robust model; too big to
+  replicate comfortably on one accelerator: the ``fsdp`` sharding target)."""
+  return WideResNet(70, 16, num_classes, width, dtype, mean, std)

@@ -98,6 +98,7 @@ def validate(config: Any) -> None:
   objectives.validate(config.objective)
   evaluation.validate_attack(config.eval.attack)
   optimizer.make_schedule(config.optimizer, 10)
+  sharding.validate_strategy(_strategy(config))
   if int(config.batch_size) < 1:
     raise ConfigError(f"batch_size={config.batch_size} must be positive")
 
@@ -127,14 +128,17 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   if checkpoint.has_checkpoint(ckpt_dir):
     _check_same_model(checkpoint.read_meta(workdir), spec, workdir)
 
-  replicated = sharding.replicated(mesh)
   root_key = jax.random.key(int(config.seed))
   # Three streams (the third is unused) so the keys of saved runs stay valid.
   init_key, train_key, _ = jax.random.split(root_key, 3)
   image_shape = tuple(train_split.images.shape[1:])
-  init_fn = jax.jit(
-      lambda k: step_lib.init_state(model, tx, k, image_shape),
-      out_shardings=replicated)
+  init = lambda k: step_lib.init_state(model, tx, k, image_shape)  # noqa: E731
+  # The state's shardings (sharding.strategy) come from its shapes alone, so
+  # the state is created, restored and updated directly in its sharded form.
+  abstract = jax.eval_shape(init, init_key)
+  state_sharding = sharding.state_shardings(abstract, mesh, _strategy(config))
+  fsdp = _strategy(config) == "fsdp"
+  init_fn = jax.jit(init, out_shardings=state_sharding)
   ckpt_cfg = config.checkpoint
   async_save = bool(ckpt_cfg.get("async_save", True))
   ckpt = checkpoint.Checkpointer(ckpt_dir, max_to_keep=int(
@@ -148,11 +152,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
   start_step = ckpt.latest_step()
   if start_step is not None:
-    abstract = jax.eval_shape(init_fn, init_key).to_dict()
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-        abstract)
-    state = step_lib.TrainState.from_dict(ckpt.restore(abstract, start_step))
+    target = sharding.with_shardings(abstract.to_dict(),
+                                     state_sharding.to_dict())
+    state = step_lib.TrainState.from_dict(ckpt.restore(target, start_step))
     logging.info("resumed from step %d in %s", start_step, ckpt_dir)
   else:
     state = init_fn(init_key)
@@ -164,7 +166,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   writer = MetricWriter(workdir, resume_step=start_step)
   train_step = step_lib.make_train_step(
       objective, tx, schedule, mesh,
-      augment=bool(config.dataset.get("augment", True)))
+      augment=bool(config.dataset.get("augment", True)),
+      state_sharding=state_sharding)
   eval_step = evaluation.make_eval_step(model, config.eval.attack, mesh)
   train_key = sharding.put_replicated(train_key, mesh)
   eval_split = val_split if val_split is not None else test_split
@@ -172,7 +175,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
   def run_eval(step: int) -> dict[str, Any]:
     result = evaluation.evaluate(
-        model, state.variables(), eval_split, mesh,
+        model, _eval_variables(state, mesh, fsdp), eval_split, mesh,
         attack_cfg=config.eval.attack, batch_size=int(config.eval.batch_size),
         num_examples=int(config.eval.num_examples) or None,
         seed=int(config.seed), eval_step=eval_step)
@@ -217,7 +220,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   final = config.get("final_eval")
   if final is not None:
     result = evaluation.evaluate(
-        model, state.variables(), test_split, mesh, attack_cfg=final.attack,
+        model, _eval_variables(state, mesh, fsdp), test_split, mesh, attack_cfg=final.attack,
         batch_size=int(final.batch_size),
         num_examples=int(final.num_examples) or None, seed=int(config.seed))
     _say(None, f"final test: {evaluation.format_accuracies(result)}")
@@ -228,6 +231,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   report["wall_time_s"] = round(time.time() - start_time, 1)
   write_report(workdir, report)
   return report
+
+
+def _strategy(config: Any) -> str:
+  """``config.sharding.strategy`` (``dp`` when the config has no block)."""
+  return str(config.get("sharding", {}).get("strategy", "dp"))
+
+
+def _eval_variables(state: step_lib.TrainState, mesh, fsdp: bool
+                    ) -> dict[str, Any]:
+  """The model variables for evaluation: replicated (a gathered copy when
+  the state is fsdp-sharded; the evaluation step takes replicated ones)."""
+  variables = state.variables()
+  return sharding.gather(variables, mesh) if fsdp else variables
 
 
 def _say(progress, message: str) -> None:

@@ -1,8 +1,10 @@
 """The training state and the one compiled training step.
 
 The step is a pure function ``(state, batch, root_key) -> (state, metrics)``,
-jitted over the mesh with explicit shardings: the state is replicated, the
-batch is split over the ``data`` axis, and the state buffers are donated.
+jitted over the mesh with explicit shardings: the state has the shardings of
+the strategy (``sharding.state_shardings``: replicated for ``dp``, split over
+``data`` for ``fsdp``) on the way in and out, the batch is split over the
+``data`` axis, and the state buffers are donated.
 Its randomness is ``fold_in(root_key, state.step)``, so step ``s`` draws the
 same augmentation and attack noise whether or not the run was resumed.
 """
@@ -57,13 +59,23 @@ def init_state(model, tx: optax.GradientTransformation, key: jax.Array,
 
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, mesh, *, augment: bool):
+                    schedule: optax.Schedule, mesh, *, augment: bool,
+                    state_sharding: Any = None):
   """The jitted training step for ``objective`` (see the module docstring).
 
   batch: ``{"image": uint8 [B, H, W, 3], "label": int32 [B]}`` sharded over
-  the mesh. Metrics are batch means (fractions for accuracies) plus ``lr``
-  and ``grad_norm``.
+  the mesh. ``state_sharding``: a ``TrainState`` of ``NamedSharding``s (from
+  ``sharding.state_shardings``); None = replicated (``dp``). When any leaf is
+  sharded (``fsdp``), the step gathers the parameters for the forward and
+  backward passes and reduce-scatters the gradients, so the update and the
+  optimizer state stay sharded. Metrics are batch means (fractions for
+  accuracies) plus ``lr`` and ``grad_norm``.
   """
+  replicated = sharding.replicated(mesh)
+  if state_sharding is None:
+    state_sharding = replicated
+  fsdp = any(not s.is_fully_replicated
+             for s in jax.tree.leaves(state_sharding))
 
   def step(state: TrainState, batch: dict[str, jax.Array],
            root_key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -72,13 +84,21 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
     images, labels = batch["image"], batch["label"]
     x = (data.random_crop_flip(aug_key, images) if augment
          else data.to_float(images))
+    # FSDP: compute with the full parameters (one all-gather per sharded
+    # leaf), then bring the gradients back to the parameters' sharding
+    # (a reduce-scatter instead of dp's all-reduce).
+    params = (sharding.fsdp_gather(state.params, mesh) if fsdp
+              else state.params)
+    variables = {"params": params, "batch_stats": state.batch_stats}
     x_adv = None
     if objective.attack is not None:
       x_adv = jax.lax.stop_gradient(
-          objective.attack(state.variables(), x, labels, attack_key))
+          objective.attack(variables, x, labels, attack_key))
     grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
     (_, (batch_stats, metrics)), grads = grad_fn(
-        state.params, state.batch_stats, x, x_adv, labels)
+        params, state.batch_stats, x, x_adv, labels)
+    if fsdp:
+      grads = sharding.fsdp_scatter(grads, state_sharding.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, lr=schedule(state.step),
@@ -87,9 +107,8 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
                            batch_stats=batch_stats, opt_state=opt_state)
     return new_state, metrics
 
-  replicated = sharding.replicated(mesh)
   return jax.jit(step,
-                 in_shardings=(replicated, sharding.batch_sharded(mesh),
+                 in_shardings=(state_sharding, sharding.batch_sharded(mesh),
                                replicated),
-                 out_shardings=(replicated, replicated),
+                 out_shardings=(state_sharding, replicated),
                  donate_argnums=(0,))
