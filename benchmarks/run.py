@@ -1,43 +1,57 @@
 """robustjax vs a PyTorch eager reference, side by side in one process.
 
-Workloads (same network, same batch, same attack on both sides):
+Workloads (same network, same batch, same attack on both sides; details and
+the exact definitions in benchmarks/README.md):
 
-  pgd10_at_step  one Madry PGD-AT training step: Linf PGD-10 (eps 8/255, step
-                 2/255, uniform random start, CE) with BatchNorm in eval mode,
-                 then CE on the adversarial batch with BN in train mode and
-                 one SGD step (momentum 0.9, coupled weight decay 5e-4).
-                 JAX: robustjax.training.step.make_train_step with the
-                 library's 'pgd_at' objective and SGD optimizer.
-  pgd20_eval     clean + PGD-20 accuracy of one batch (no training step).
-                 JAX: robustjax.evaluation.make_eval_step.
+  standard_step   one clean CE training step (train-mode BN, SGD).
+  pgd10_at_step   one Madry PGD-AT step: Linf PGD-10 (eps 8/255, step 2/255,
+                  uniform random start, CE) with BN in eval mode, then CE on
+                  the adversarial batch in train mode and one SGD step.
+  trades_step     one TRADES step (beta 6): KL-PGD-10 from x + 0.001 N(0, I)
+                  in eval mode, then CE(x) + 6 KL(f(x) || f(x_adv)) in train
+                  mode and one SGD step.
+  pgd20_eval      clean + PGD-20 accuracy of one batch.
+  apgd_ce_eval    clean + APGD-CE accuracy of one batch, --apgd-steps (20)
+                  iterations, one restart; PyTorch side = torchattacks.APGD.
+  interp_eval     for each alpha in --alphas: interpolate two checkpoints'
+                  weights and BN statistics, then clean accuracy of one batch.
+
+JAX runs the library's own code (training.step.make_train_step with the
+named objective, evaluation.make_eval_step, attacks.apgd,
+weightspace.interpolate_variables). The PyTorch twins are in
+torch_reference.py; --check (on by default) verifies that both sides compute
+the same logits, attacks and losses before anything is timed.
+
+Per workload the table gives images/s of both sides (medians of interleaved
+repetitions; the ratio is the median of per-repetition ratios), FLOPs per
+call (XLA cost analysis of the compiled JAX program, used for both sides:
+the same work), the achieved FLOP/s as a fraction of this machine's peak
+(the faster of a large f32 matmul in JAX and in PyTorch), and peak memory
+(JAX: the compiled program's memory analysis; PyTorch: resident-set growth
+of a separate process running the same step; see the README).
 
 Model: robustjax's CIFAR ResNet-18 at --width (0.25: channels 16/32/64/128),
-32x32x3 uint8 inputs, 10 classes; the PyTorch model (torch_reference.py) gets
-the JAX initial weights, and --check (on by default) verifies that both sides
-compute the same logits, attack and SGD update before anything is timed.
+32x32x3 uint8 inputs, 10 classes; the PyTorch model gets the JAX weights.
 
-Timing: one step per repetition, JAX and every PyTorch variant interleaved
-(order rotated each repetition) so machine noise hits all of them alike; we
-report medians, and the ratio is the median of per-repetition ratios. The
-JAX step is compiled ahead of time (``.lower().compile()``), and that time is
-the compile time reported; a few warm-up calls per side are not timed.
-PyTorch runs eager, with NCHW and with channels_last; the faster of the two
-is the reference. Both libraries use --threads threads: the process's CPU
-affinity is limited to that many CPUs (XLA:CPU sizes its thread pool from the
-affinity mask) and torch.set_num_threads(--threads). OMP_WAIT_POLICY=PASSIVE
-by default (--omp-wait-policy): with libgomp's default spin-waiting, PyTorch
-ran 10x slower whenever other processes competed for the cores.
+Threads: both libraries use --threads threads: the process's CPU affinity is
+limited to that many CPUs (XLA:CPU sizes its thread pool from the affinity
+mask) and torch.set_num_threads(--threads). OMP_WAIT_POLICY=PASSIVE by
+default (--omp-wait-policy): with libgomp's default spin-waiting, PyTorch ran
+10x slower whenever other processes competed for the cores. JAX also runs
+with the host split into --jax-devices CPU devices (default: --threads), the
+batch sharded across them.
 
 Usage:
-  .venv/bin/python benchmarks/run.py                 # both workloads
-  .venv/bin/python benchmarks/run.py --workloads=train --reps=20
-Writes benchmarks/results/pgd_at_step.json.
+  .venv/bin/python benchmarks/run.py                      # every workload
+  .venv/bin/python benchmarks/run.py --workloads=pgd10_at_step --reps=20
+Writes benchmarks/results/harness.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -51,6 +65,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 EPS, STEP = 8 / 255, 2 / 255
+TRADES_BETA = 6.0
+
+# name -> kind: "train" workloads use --batch/--reps, "eval" ones
+# --eval-batch/--eval-reps. Order = the table's order.
+WORKLOADS = {"standard_step": "train", "pgd10_at_step": "train",
+             "trades_step": "train", "pgd20_eval": "eval",
+             "apgd_ce_eval": "eval", "interp_eval": "eval"}
+# Names of the first version of this script.
+ALIASES = {"train": "pgd10_at_step", "eval": "pgd20_eval"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,15 +82,20 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--width", type=float, default=0.25,
                  help="ResNet-18 width multiplier (default 0.25)")
   p.add_argument("--batch", type=int, default=128,
-                 help="batch of the PGD-10 AT step (default 128)")
+                 help="batch of the training steps (default 128)")
   p.add_argument("--eval-batch", type=int, default=500,
-                 help="batch of the PGD-20 evaluation (default 500)")
+                 help="batch of the evaluations (default 500)")
   p.add_argument("--reps", type=int, default=10,
-                 help="timed repetitions of the AT step per side (default 10)")
+                 help="timed repetitions of each training step (default 10)")
   p.add_argument("--eval-reps", type=int, default=5,
-                 help="timed repetitions of the PGD-20 eval (default 5)")
+                 help="timed repetitions of each evaluation (default 5)")
   p.add_argument("--warmup", type=int, default=2,
-                 help="untimed calls per side before timing (default 2)")
+                 help="untimed calls per side before timing (default 2; "
+                      "evaluations use at most 1)")
+  p.add_argument("--apgd-steps", type=int, default=20,
+                 help="APGD-CE iterations (default 20; AutoAttack uses 100)")
+  p.add_argument("--alphas", default="0,0.25,0.5,0.75,1",
+                 help="interpolation coefficients of interp_eval")
   p.add_argument("--threads", type=int, default=None,
                  help="threads for both libraries (default: all CPUs this "
                       "process may use)")
@@ -75,8 +103,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="also time JAX with the host split into this many CPU "
                       "devices, the batch sharded across them (default: "
                       "--threads; 1 times the single-device step only)")
-  p.add_argument("--workloads", default="train,eval",
-                 help="comma list of: train, eval (default both)")
+  p.add_argument("--workloads", default=",".join(WORKLOADS),
+                 help="comma list of: " + ", ".join(WORKLOADS)
+                 + " (default all; 'train' and 'eval' mean pgd10_at_step "
+                   "and pgd20_eval)")
   p.add_argument("--layouts", default="nchw,channels_last",
                  help="PyTorch memory formats to time (default both)")
   p.add_argument("--omp-wait-policy", default="PASSIVE",
@@ -86,17 +116,35 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "spin-waiting, which is ~10x slower on a loaded machine)")
   p.add_argument("--no-check", dest="check", action="store_false",
                  help="skip the JAX/PyTorch equivalence checks")
+  p.add_argument("--no-memory", dest="memory", action="store_false",
+                 help="skip the PyTorch peak-memory subprocesses")
+  p.add_argument("--matmul-n", type=int, default=2048,
+                 help="size of the square f32 matmul that measures the "
+                      "machine's peak FLOP/s (default 2048)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default=str(HERE / "results" / "pgd_at_step.json"),
+  p.add_argument("--out", default=str(HERE / "results" / "harness.json"),
                  help="JSON output path")
+  # Internal: the PyTorch peak-memory probe runs as a child process.
+  p.add_argument("--torch-memory-probe", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--probe-layout", default="channels_last",
+                 help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-  bad = set(args.workloads) - {"train", "eval"}
+  names = [ALIASES.get(w.strip(), w.strip())
+           for w in args.workloads.split(",") if w.strip()]
+  bad = set(names) - set(WORKLOADS)
   if bad:
-    p.error(f"unknown workloads {sorted(bad)}; choose from train, eval")
+    p.error(f"unknown workloads {sorted(bad)}; choose from "
+            f"{', '.join(WORKLOADS)}")
+  args.workloads = [w for w in WORKLOADS if w in names]
   args.layouts = [w.strip() for w in args.layouts.split(",") if w.strip()]
   if set(args.layouts) - {"nchw", "channels_last"} or not args.layouts:
     p.error("--layouts takes nchw and/or channels_last")
+  try:
+    args.alphas = tuple(float(a) for a in args.alphas.split(","))
+  except ValueError:
+    p.error(f"--alphas must be a comma list of numbers, got {args.alphas!r}")
+  if args.apgd_steps < 1:
+    p.error("--apgd-steps must be >= 1")
   return args
 
 
@@ -193,24 +241,34 @@ def machine_info(threads: int, affinity: list[int]) -> dict:
 def jax_setup(width: float, seed: int):
   import jax
   import ml_collections
-  from robustjax import models, sharding
-  from robustjax.training import objectives, optimizer
+  from robustjax import models
+  from robustjax.training import optimizer
   from robustjax.training import step as train_step
   model = models.create_model("resnet18", num_classes=10, width=width)
-  obj_cfg = ml_collections.ConfigDict(dict(
-      name="pgd_at", eps=EPS, step_size=STEP, steps=10, beta=6.0,
-      random_start=True))
   opt_cfg = ml_collections.ConfigDict(dict(
       lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
       weight_decay_on="all", schedule="constant", boundaries=(), decay=0.1,
       warmup_steps=0, peak_fraction=0.4))
-  objective = objectives.make_objective(obj_cfg, model)
   tx, schedule = optimizer.make_optimizer(opt_cfg, total_steps=100_000)
-  mesh = sharding.make_mesh(1)
   state = jax.device_get(
       train_step.init_state(model, tx, jax.random.key(seed), (32, 32, 3)))
-  return dict(model=model, objective=objective, tx=tx, schedule=schedule,
-              mesh=mesh, state=state)
+  # A second, independently initialised network: the other endpoint of the
+  # interpolation workload.
+  state_b = jax.device_get(
+      train_step.init_state(model, tx, jax.random.key(seed + 1), (32, 32, 3)))
+  return dict(model=model, tx=tx, schedule=schedule, state=state,
+              variables_b={"params": state_b.params,
+                           "batch_stats": state_b.batch_stats})
+
+
+def make_objective(model, name: str, steps: int = 10):
+  """The library's objective ``name`` with the benchmark's attack settings."""
+  import ml_collections
+  from robustjax.training import objectives
+  cfg = ml_collections.ConfigDict(dict(
+      name=name, eps=EPS, step_size=STEP, steps=steps, beta=TRADES_BETA,
+      random_start=True))
+  return objectives.make_objective(cfg, model)
 
 
 def jax_meshes(num_devices: int) -> dict:
@@ -237,10 +295,47 @@ def compile_timed(jitted, *args):
   return compiled, time.perf_counter() - t0
 
 
-class JaxTrain:
-  """Calls the compiled train step, keeping the donated state."""
+def compiled_cost(compiled) -> dict:
+  """FLOPs (XLA's cost analysis) and bytes (XLA's memory analysis) of one
+  call of a compiled program, per device.
 
-  def __init__(self, setup, batch_np, seed, mesh):
+  Memory = arguments + outputs - aliased (donated) + temporaries: the bytes
+  the program needs live at once, weights, optimizer state and inputs
+  included.
+  """
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0]
+  mem = compiled.memory_analysis()
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+           - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+  return {"flops": float(cost.get("flops", 0.0)), "memory_bytes": int(total),
+          "memory_detail": {"arguments": mem.argument_size_in_bytes,
+                            "outputs": mem.output_size_in_bytes,
+                            "aliased": mem.alias_size_in_bytes,
+                            "temporaries": mem.temp_size_in_bytes}}
+
+
+class JaxRunner:
+  """A compiled JAX workload: ``__call__`` runs one call and blocks.
+
+  Subclasses set ``compiled``, ``compile_s``, ``num_devices`` and may scale
+  ``cost()`` for several program calls per workload call.
+  """
+  compiled = None
+  compile_s = 0.0
+  num_devices = 1
+  metrics = None
+
+  def cost(self) -> dict:
+    return compiled_cost(self.compiled)
+
+
+class JaxTrain(JaxRunner):
+  """The library's train step (``make_train_step``) with objective
+  ``objective_name``; the step donates its state, which we keep."""
+
+  def __init__(self, setup, batch_np, seed, mesh, objective_name="pgd_at"):
     import jax
     from robustjax import sharding
     from robustjax.training import step as train_step
@@ -248,12 +343,12 @@ class JaxTrain:
     self.state = sharding.put_replicated(jax.device_get(setup["state"]), mesh)
     self.batch = sharding.put_global_batch(batch_np, mesh)
     self.key = sharding.put_replicated(jax.random.key(seed + 1), mesh)
-    step = train_step.make_train_step(setup["objective"], setup["tx"],
+    objective = make_objective(setup["model"], objective_name)
+    step = train_step.make_train_step(objective, setup["tx"],
                                       setup["schedule"], mesh, augment=False)
     self.compiled, self.compile_s = compile_timed(
         step, self.state, self.batch, self.key)
     self.num_devices = mesh.devices.size
-    self.metrics = None
 
   def __call__(self):
     import jax
@@ -261,11 +356,22 @@ class JaxTrain:
     jax.block_until_ready(self.state)
 
 
-class JaxEval:
+def eval_batch(batch_np, mesh):
+  """The evaluation batch layout: image, label, mask, index; sharded."""
+  import numpy as np
+  from robustjax import sharding
+  n = len(batch_np["label"])
+  return sharding.put_global_batch(
+      dict(batch_np, mask=np.ones(n, bool), index=np.arange(n, dtype=np.int32)),
+      mesh)
+
+
+class JaxEval(JaxRunner):
+  """``evaluation.make_eval_step``: clean + PGD-``steps`` accuracy."""
+
   def __init__(self, setup, batch_np, seed, mesh, steps=20):
     import jax
     import ml_collections
-    import numpy as np
     from robustjax import evaluation, sharding
     attack_cfg = ml_collections.ConfigDict(dict(
         eps=EPS, step_size=STEP, steps=steps, norm="linf", random_start=True,
@@ -273,20 +379,119 @@ class JaxEval:
     st = setup["state"]
     self.variables = sharding.put_replicated(
         {"params": st.params, "batch_stats": st.batch_stats}, mesh)
-    self.batch = sharding.put_global_batch(
-        dict(batch_np, mask=np.ones(len(batch_np["label"]), bool),
-             index=np.arange(len(batch_np["label"]), dtype=np.int32)), mesh)
+    self.batch = eval_batch(batch_np, mesh)
     self.key = sharding.put_replicated(jax.random.key(seed + 2), mesh)
     step = evaluation.make_eval_step(setup["model"], attack_cfg, mesh)
     self.compiled, self.compile_s = compile_timed(
         step, self.variables, self.batch, self.key)
     self.num_devices = mesh.devices.size
-    self.out = None
 
   def __call__(self):
     import jax
-    self.out = jax.block_until_ready(
+    self.metrics = jax.block_until_ready(
         self.compiled(self.variables, self.batch, self.key))
+
+
+def make_apgd_eval_step(model, steps: int, mesh):
+  """Jitted ``(variables, batch, key) -> {clean, adv}`` counts with
+  ``attacks.apgd`` (APGD-CE, Linf eps 8/255, one restart, per-example keys
+  as in the library's AutoAttack)."""
+  import jax
+  import jax.numpy as jnp
+  from robustjax import data, sharding
+  from robustjax.attacks import apgd as apgd_lib
+
+  def step(variables, batch, key):
+    x = data.to_float(batch["image"])
+    y = batch["label"]
+    logits_fn = lambda z: model.apply(variables, z, train=False)  # noqa: E731
+    clean_ok = jnp.argmax(logits_fn(x), -1) == y
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, batch["index"])
+    _, robust = apgd_lib.apgd(logits_fn, x, y, key=keys, eps=EPS,
+                              norm="linf", steps=steps, loss="ce")
+    return {"clean": jnp.sum(clean_ok), "adv": jnp.sum(robust & clean_ok)}
+
+  return jax.jit(step, in_shardings=(sharding.replicated(mesh),
+                                     sharding.batch_sharded(mesh),
+                                     sharding.replicated(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+class JaxAPGD(JaxRunner):
+  def __init__(self, setup, batch_np, seed, mesh, steps=20):
+    import jax
+    from robustjax import sharding
+    st = setup["state"]
+    self.variables = sharding.put_replicated(
+        {"params": st.params, "batch_stats": st.batch_stats}, mesh)
+    self.batch = eval_batch(batch_np, mesh)
+    self.key = sharding.put_replicated(jax.random.key(seed + 3), mesh)
+    step = make_apgd_eval_step(setup["model"], steps, mesh)
+    self.compiled, self.compile_s = compile_timed(
+        step, self.variables, self.batch, self.key)
+    self.num_devices = mesh.devices.size
+
+  def __call__(self):
+    import jax
+    self.metrics = jax.block_until_ready(
+        self.compiled(self.variables, self.batch, self.key))
+
+
+def make_clean_eval_step(model, mesh):
+  """Jitted ``(variables, batch) -> correct count`` (eval-mode BN)."""
+  import jax
+  import jax.numpy as jnp
+  from robustjax import data, sharding
+
+  def step(variables, batch):
+    logits = model.apply(variables, data.to_float(batch["image"]),
+                         train=False)
+    return jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+
+  return jax.jit(step, in_shardings=(sharding.replicated(mesh),
+                                     sharding.batch_sharded(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+class JaxInterp(JaxRunner):
+  """Per alpha: ``weightspace.interpolate_variables`` (weights and BN
+  statistics lerped, one compiled lerp for every alpha) and a compiled
+  clean-accuracy forward; one call covers every alpha."""
+
+  def __init__(self, setup, batch_np, seed, mesh, alphas=(0.0, 0.5, 1.0)):
+    del seed
+    import jax
+    from robustjax import sharding
+    st = setup["state"]
+    self.va = sharding.put_replicated(
+        {"params": st.params, "batch_stats": st.batch_stats}, mesh)
+    self.vb = sharding.put_replicated(setup["variables_b"], mesh)
+    self.alphas = tuple(alphas)
+    self.batch = sharding.put_global_batch(batch_np, mesh)
+    step = make_clean_eval_step(setup["model"], mesh)
+    t0 = time.perf_counter()
+    self._interp(self.alphas[0])  # compiles the lerp (once for all alphas)
+    lerp_s = time.perf_counter() - t0
+    self.compiled, eval_s = compile_timed(step, self.va, self.batch)
+    self.compile_s = lerp_s + eval_s
+    self.num_devices = mesh.devices.size
+    self.num_floats = sum(int(x.size) for x in jax.tree.leaves(self.va))
+
+  def _interp(self, alpha):
+    from robustjax.weightspace import interpolate
+    return interpolate.interpolate_variables(self.va, self.vb, alpha)
+
+  def __call__(self):
+    import jax
+    self.metrics = jax.block_until_ready(
+        [self.compiled(self._interp(a), self.batch) for a in self.alphas])
+
+  def cost(self) -> dict:
+    """The forward's cost per alpha plus the lerps' 3 FLOPs per weight;
+    memory of one forward (its arguments are one interpolated network)."""
+    out = compiled_cost(self.compiled)
+    out["flops"] = len(self.alphas) * (out["flops"] + 3 * self.num_floats)
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -352,7 +557,7 @@ def check_equivalence(setup, batch_np, width: float) -> dict:
 
   # 4. One training step on JAX's adversarial batch, the library's loss and
   # optimizer against torch's backward + SGD.
-  obj, tx = setup["objective"], setup["tx"]
+  obj, tx = make_objective(model, "pgd_at"), setup["tx"]
 
   def jax_step(params, batch_stats, opt_state, x, x_adv, y):
     (loss, (stats, _)), grads = jax.value_and_grad(obj.loss, has_aux=True)(
@@ -416,32 +621,330 @@ def check_equivalence(setup, batch_np, width: float) -> dict:
   return out
 
 
+def check_other_workloads(setup, batch_np, width: float,
+                          alphas: tuple[float, ...]) -> dict:
+  """Loss- and logit-level agreement for standard_step, trades_step and
+  interp_eval, and the APGD-CE outcome on both sides (recorded; APGD's
+  step-by-step agreement with torchattacks is tests/test_autoattack_reference.py).
+  Raises if a difference is larger than float32 noise explains."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from robustjax.weightspace import interpolate
+  import torch_reference as tr
+
+  model, st = setup["model"], setup["state"]
+  variables = {"params": st.params, "batch_stats": st.batch_stats}
+  n = min(32, len(batch_np["label"]))
+  x = jnp.asarray(batch_np["image"][:n]).astype(jnp.float32) / 255.0
+  y = jnp.asarray(batch_np["label"][:n])
+  tx_ = tr.to_float(torch.from_numpy(batch_np["image"][:n]), False)
+  ty = torch.from_numpy(batch_np["label"][:n]).long()
+
+  def twin(v):
+    m = tr.ResNet(width=width)
+    tr.load_flax_variables(m, jax.device_get(v))
+    return m
+
+  out = {}
+  # standard_step: the train-mode CE loss.
+  std = make_objective(model, "standard")
+  loss_j, _ = std.loss(st.params, st.batch_stats, x, None, y)
+  m = twin(variables).train()
+  with torch.no_grad():
+    loss_t = torch.nn.functional.cross_entropy(m(tx_), ty).item()
+  out["standard_loss_abs_diff"] = abs(float(loss_j) - loss_t)
+
+  # trades_step: the attack from the same start (JAX's draw of the 0.001
+  # N(0, I) noise, key as in the objective with one key), then the loss on
+  # JAX's adversarial batch.
+  trades = make_objective(model, "trades", steps=3)
+  key = jax.random.key(5)
+  xa_j = np.asarray(jax.jit(trades.attack)(variables, x, y, key))
+  noise = np.array(jax.random.normal(key, x.shape, x.dtype))
+  m = twin(variables).eval()
+  xa_t = tr.trades_attack(
+      m, tx_, eps=EPS, step_size=STEP, steps=3,
+      init_noise=torch.from_numpy(noise).permute(0, 3, 1, 2).contiguous()
+  ).permute(0, 2, 3, 1).numpy()
+  out["trades_attack_fraction_pixels_equal"] = float(
+      (np.abs(xa_j - xa_t) < 1e-6).mean())
+  xa_j = np.array(xa_j)  # writable, for torch.from_numpy
+  tl_j, _ = trades.loss(st.params, st.batch_stats, x, jnp.asarray(xa_j), y)
+  m = twin(variables).train()
+  with torch.no_grad():
+    tl_t, _ = tr.trades_loss(m, tx_, torch.from_numpy(xa_j).permute(
+        0, 3, 1, 2).contiguous(), ty, TRADES_BETA)
+  out["trades_loss_abs_diff"] = abs(float(tl_j) - tl_t.item())
+
+  # interp_eval: logits of the interpolated network at every alpha.
+  vb = setup["variables_b"]
+  sa, sb = twin(variables).state_dict(), twin(vb).state_dict()
+  worst = 0.0
+  for alpha in alphas:
+    v = interpolate.interpolate_variables(variables, vb, alpha)
+    lj = np.asarray(model.apply(v, x, train=False))
+    m = twin(variables)
+    m.load_state_dict(tr.lerp_state_dicts(sa, sb, alpha))
+    with torch.no_grad():
+      lt = m.eval()(tx_).numpy()
+    worst = max(worst, float(np.abs(lj - lt).max()))
+  out["interp_logits_max_abs_diff"] = worst
+
+  # apgd_ce_eval: robust accuracy of both (different random starts, so
+  # only roughly equal; recorded, not asserted).
+  yp = np.asarray(jnp.argmax(model.apply(variables, x, train=False), -1))
+  sub = {"image": batch_np["image"][:n], "label": yp.astype(np.int32),
+         "mask": np.ones(n, bool), "index": np.arange(n, dtype=np.int32)}
+  from robustjax import sharding
+  counts = make_apgd_eval_step(model, 10, sharding.make_mesh(1))(
+      variables, sub, jax.random.key(3))
+  try:
+    ev = tr.APGDEval(twin(variables), eps=EPS, steps=10)
+    tc = ev(torch.from_numpy(sub["image"]), torch.from_numpy(yp).long())
+    out["apgd10_robust_fraction_torch"] = tc["adv"].item() / n
+  except ImportError:
+    out["apgd10_robust_fraction_torch"] = None
+  out["apgd10_robust_fraction_jax"] = float(counts["adv"]) / n
+
+  problems = []
+  if out["standard_loss_abs_diff"] > 1e-4:
+    problems.append("standard loss")
+  # Near x the KL objective is flat (its gradient is second order in the
+  # 0.001 start noise), so float32 rounding decides the sign of the smallest
+  # gradient components: ~1.5% of pixels differ after 3 steps (measured).
+  if out["trades_attack_fraction_pixels_equal"] < 0.95:
+    problems.append("TRADES attack iterates")
+  if out["trades_loss_abs_diff"] > 1e-4:
+    problems.append("TRADES loss")
+  if out["interp_logits_max_abs_diff"] > 1e-3:
+    problems.append("interpolated logits")
+  out["ok"] = not problems
+  if problems:
+    raise SystemExit(f"equivalence check failed ({', '.join(problems)}): "
+                     f"{json.dumps(out, indent=1)}")
+  return out
+
+
 # ---------------------------------------------------------------------------
+# The machine's peak and the PyTorch side's memory.
 
 
-def run_workload(name, batch, reps, warmup, jax_fns, torch_fns) -> list[dict]:
+def measure_peak_flops(n: int, reps: int = 10) -> dict:
+  """FLOP/s of a square f32 matmul (2 n^3 FLOPs), median of ``reps`` calls,
+  in JAX (one device) and PyTorch; the machine's peak is the faster."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+  ja = jax.device_put(a)
+  mm = jax.jit(lambda u, v: u @ v).lower(ja, ja).compile()
+  ta = torch.from_numpy(a)
+
+  def timed(fn):
+    fn()
+    times = []
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / median(times)
+
+  out = {"n": n, "reps": reps,
+         "jax_flops_per_s": timed(lambda: mm(ja, ja).block_until_ready()),
+         "torch_flops_per_s": timed(lambda: torch.mm(ta, ta))}
+  out["peak_flops_per_s"] = max(out["jax_flops_per_s"],
+                                out["torch_flops_per_s"])
+  return out
+
+
+def rss_bytes() -> int:
+  """This process's resident set size now."""
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident set size (VmHWM).
+
+  Not ``ru_maxrss``: Linux carries that across ``execve``, so a child of
+  the (large) benchmark process would start with its parent's peak.
+  """
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024
+  raise OSError("no VmHWM in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+  """Resets VmHWM to the current RSS (Linux >= 4.0); False if refused."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def torch_memory_probe(args) -> None:
+  """Child process: builds one workload's PyTorch step, runs it twice and
+  prints the peak resident-set growth over the state before the model and
+  inputs existed (weights, optimizer state, inputs, activations and the
+  allocator's cached blocks: what the step costs the machine)."""
+  import torch
+  torch.set_num_threads(args.threads)
+  import torch_reference as tr
+  try:
+    import torchattacks  # noqa: F401  (imported before the baseline)
+  except ImportError:
+    pass
+  spec = workload_specs(args)[args.torch_memory_probe]
+  batch = make_batch(spec["batch"], args.seed)
+  cl = args.probe_layout == "channels_last"
+
+  def build():
+    model = tr.ResNet(width=args.width)
+    if cl:
+      model = model.to(memory_format=torch.channels_last)
+    return model, spec["torch"](model, cl, tr.ResNet(width=args.width
+                                                     ).state_dict())
+
+  # Page in the code (libtorch, oneDNN kernels) on a 2-image batch first, so
+  # the measured growth is the step's data, not the libraries' first use.
+  _, warm = build()
+  warm(torch.from_numpy(batch["image"][:2]),
+       torch.from_numpy(batch["label"][:2]).long())
+  del warm
+  gc.collect()
+  reset = reset_peak_rss()
+  base = rss_bytes()
+  base_peak = peak_rss_bytes()
+  _, step = build()
+  images = torch.from_numpy(batch["image"])
+  labels = torch.from_numpy(batch["label"]).long()
+  for _ in range(2):
+    step(images, labels)
+  peak = peak_rss_bytes()
+  print(json.dumps({"peak_rss_growth_bytes": peak - base,
+                    "rss_before_bytes": base, "peak_rss_before_bytes":
+                    base_peak, "peak_reset": reset,
+                    "valid": reset or base_peak <= base + (1 << 20)}))
+
+
+def measure_torch_memory(args, name: str, layout: str) -> dict | None:
+  """Runs ``torch_memory_probe`` for one workload in a child process."""
+  cmd = [sys.executable, str(Path(__file__).resolve()),
+         f"--torch-memory-probe={name}", f"--probe-layout={layout}",
+         f"--width={args.width}", f"--batch={args.batch}",
+         f"--eval-batch={args.eval_batch}", f"--apgd-steps={args.apgd_steps}",
+         "--alphas=" + ",".join(str(a) for a in args.alphas),
+         f"--threads={args.threads}", f"--seed={args.seed}"]
+  try:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    if not out["valid"]:
+      print(f"warning: PyTorch memory probe for {name}: the peak RSS could "
+            "not be reset and was already above the baseline", file=sys.stderr)
+      return None
+    return out
+  except (subprocess.SubprocessError, ValueError, IndexError) as e:
+    print(f"warning: PyTorch memory probe for {name} failed: {e}",
+          file=sys.stderr)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The workloads.
+
+
+def workload_specs(args) -> dict:
+  """name -> {batch, reps, warmup, images_per_call, jax: runner factory
+  (setup, batch, seed, mesh), torch: step factory (model, channels_last,
+  other_state_dict), labels: 'random' or 'predicted'}."""
+  import torch_reference as tr
+  train = dict(batch=args.batch, reps=args.reps, warmup=args.warmup,
+               images_per_call=1, labels="random")
+  evals = dict(batch=args.eval_batch, reps=args.eval_reps,
+               warmup=min(args.warmup, 1), images_per_call=1, labels="random")
+  kw = dict(eps=EPS, step_size=STEP)
+
+  def train_runner(objective):
+    return lambda *a: JaxTrain(*a, objective_name=objective)
+
+  return {
+      "standard_step": dict(
+          train, jax=train_runner("standard"),
+          torch=lambda m, cl, _: tr.StandardStep(m, channels_last=cl)),
+      "pgd10_at_step": dict(
+          train, jax=train_runner("pgd_at"),
+          torch=lambda m, cl, _: tr.PGDATStep(m, steps=10, channels_last=cl,
+                                              **kw)),
+      "trades_step": dict(
+          train, jax=train_runner("trades"),
+          torch=lambda m, cl, _: tr.TRADESStep(m, steps=10, beta=TRADES_BETA,
+                                               channels_last=cl, **kw)),
+      "pgd20_eval": dict(
+          evals, jax=lambda *a: JaxEval(*a, steps=20),
+          torch=lambda m, cl, _: tr.PGDEval(m, steps=20, channels_last=cl,
+                                            **kw)),
+      # Labels = the network's own clean predictions, so every point is
+      # attacked: torchattacks skips points that are already misclassified
+      # (most of them, for random labels), robustjax attacks the whole batch.
+      "apgd_ce_eval": dict(
+          evals, labels="predicted",
+          jax=lambda *a: JaxAPGD(*a, steps=args.apgd_steps),
+          torch=lambda m, cl, _: tr.APGDEval(m, eps=EPS, steps=args.apgd_steps,
+                                             channels_last=cl)),
+      "interp_eval": dict(
+          evals, images_per_call=len(args.alphas),
+          jax=lambda *a: JaxInterp(*a, alphas=args.alphas),
+          torch=lambda m, cl, other: tr.InterpEval(
+              m, {k: v.clone() for k, v in m.state_dict().items()}, other,
+              args.alphas, channels_last=cl)),
+  }
+
+
+def run_workload(name, spec, jax_fns, torch_fns, peak: float,
+                 torch_memory: dict) -> list[dict]:
   """One result row per JAX variant, each against the faster PyTorch layout;
   all variants are timed interleaved in the same repetitions."""
   fns = {**jax_fns, **{f"torch_{k}": v for k, v in torch_fns.items()}}
-  times = time_interleaved(fns, reps, warmup)
+  times = time_interleaved(fns, spec["reps"], spec["warmup"])
   med = {k: median(v) for k, v in times.items()}
   ref = min((k for k in fns if k.startswith("torch_")), key=lambda k: med[k])
+  images = spec["batch"] * spec["images_per_call"]
+  # The same work on every side: the single-device program's FLOPs.
+  cost = jax_fns["jax"].cost()
   rows = []
   for variant, jax_fn in jax_fns.items():
     ratios = [t_ref / t_jax for t_ref, t_jax in zip(times[ref], times[variant])]
+    mem = cost if variant == "jax" else jax_fn.cost()
     rows.append({
         "workload": name,
         "jax_variant": variant,
         "jax_devices": jax_fn.num_devices,
-        "batch": batch,
-        "reps": reps,
-        "jax_images_per_s": batch / med[variant],
-        "torch_images_per_s": batch / med[ref],
+        "batch": spec["batch"],
+        "images_per_call": images,
+        "reps": spec["reps"],
+        "jax_images_per_s": images / med[variant],
+        "torch_images_per_s": images / med[ref],
         "torch_reference": ref.removeprefix("torch_"),
         "ratio_jax_over_torch": median(ratios),
         "jax_compile_s": jax_fn.compile_s,
+        "flops_per_call": cost["flops"],
+        "jax_roofline_fraction": cost["flops"] / med[variant] / peak,
+        "torch_roofline_fraction": cost["flops"] / med[ref] / peak,
+        # Per device for the n-device variant (each holds its batch shard
+        # and a replica of the weights).
+        "jax_peak_memory_bytes": mem["memory_bytes"],
+        "jax_memory_detail": mem["memory_detail"],
+        "torch_peak_memory_bytes": (torch_memory or {}).get(
+            "peak_rss_growth_bytes"),
         "median_s": med,
-        "images_per_s": {k: batch / v for k, v in med.items()},
+        "images_per_s": {k: images / v for k, v in med.items()},
         "times_s": times,
     })
   return rows
@@ -449,24 +952,46 @@ def run_workload(name, batch, reps, warmup, jax_fns, torch_fns) -> list[dict]:
 
 def format_table(results: list[dict]) -> str:
   head = ("| workload | JAX devices | batch | JAX img/s | PyTorch img/s | "
-          "JAX/PyTorch | JAX compile (s) |")
-  lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+          "JAX/PyTorch | GFLOP/call | JAX % of peak | PyTorch % of peak | "
+          "JAX MiB | PyTorch MiB | JAX compile (s) |")
+  lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  mib = lambda b: "n/a" if b is None else f"{b / 2 ** 20:.0f}"  # noqa: E731
   for r in results:
     lines.append(
         f"| {r['workload']} | {r['jax_devices']} | {r['batch']} | "
         f"{r['jax_images_per_s']:.1f} | "
         f"{r['torch_images_per_s']:.1f} ({r['torch_reference']}) | "
-        f"{r['ratio_jax_over_torch']:.2f} | {r['jax_compile_s']:.1f} |")
+        f"{r['ratio_jax_over_torch']:.2f} | {r['flops_per_call'] / 1e9:.1f} | "
+        f"{100 * r['jax_roofline_fraction']:.1f} | "
+        f"{100 * r['torch_roofline_fraction']:.1f} | "
+        f"{mib(r['jax_peak_memory_bytes'])} | "
+        f"{mib(r['torch_peak_memory_bytes'])} | {r['jax_compile_s']:.1f} |")
   return "\n".join(lines)
+
+
+def predicted_labels(setup, images):
+  """The network's own clean predictions (see apgd_ce_eval)."""
+  import jax.numpy as jnp
+  import numpy as np
+  st = setup["state"]
+  logits = setup["model"].apply(
+      {"params": st.params, "batch_stats": st.batch_stats},
+      jnp.asarray(images).astype(jnp.float32) / 255.0, train=False)
+  return np.asarray(jnp.argmax(logits, -1)).astype(np.int32)
 
 
 def main(argv=None) -> None:
   args = parse_args(argv)
   threads, affinity = limit_threads(args.threads)
+  args.threads = threads
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   if args.omp_wait_policy.lower() != "default":
     os.environ.setdefault("OMP_WAIT_POLICY", args.omp_wait_policy)
   sys.path.insert(0, str(ROOT))
+  sys.path.insert(0, str(HERE))
+  if args.torch_memory_probe:
+    torch_memory_probe(args)
+    return
   import jax
   jax_devices = threads if args.jax_devices is None else args.jax_devices
   # Before any device is touched: extra CPU devices for the data-parallel
@@ -487,18 +1012,37 @@ def main(argv=None) -> None:
   setup = jax_setup(args.width, args.seed)
   variables_np = jax.device_get({"params": setup["state"].params,
                                  "batch_stats": setup["state"].batch_stats})
-  report = {"machine": info, "config": {
+  specs = workload_specs(args)
+  peak = measure_peak_flops(args.matmul_n)
+  print(f"peak: {peak['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (f32 matmul "
+        f"n={args.matmul_n}: JAX {peak['jax_flops_per_s'] / 1e9:.1f}, "
+        f"PyTorch {peak['torch_flops_per_s'] / 1e9:.1f})", flush=True)
+  report = {"machine": info, "peak": peak, "config": {
       "model": "resnet18", "width": args.width, "num_classes": 10,
       "image": [32, 32, 3], "eps": EPS, "step_size": STEP,
-      "train": "pgd_at, 10 steps, random start, SGD lr 0.1 m 0.9 wd 5e-4",
-      "eval": "pgd, 20 steps, random start, clean + adversarial forward",
+      "workloads": args.workloads, "batch": args.batch,
+      "eval_batch": args.eval_batch, "apgd_steps": args.apgd_steps,
+      "alphas": list(args.alphas), "trades_beta": TRADES_BETA,
       "reps": args.reps, "eval_reps": args.eval_reps, "warmup": args.warmup,
-      "layouts": args.layouts, "seed": args.seed}, "results": []}
+      "layouts": args.layouts, "seed": args.seed},
+      "memory_method": {
+          "jax": "compiled.memory_analysis(): arguments + outputs - aliased "
+                 "(donated) + temporaries, of the 1-device program (per "
+                 "device for the n-device variant)",
+          "torch": "peak resident-set growth (ru_maxrss minus the RSS after "
+                   "importing torch) of a child process that builds the "
+                   "model and inputs and runs the step twice, in the "
+                   "reference layout; includes allocator caching"},
+      "flops_method": "XLA cost_analysis()['flops'] of the 1-device JAX "
+                      "program, used for both sides",
+      "results": []}
 
   if args.check:
     t0 = time.perf_counter()
-    report["equivalence_check"] = check_equivalence(
-        setup, make_batch(args.batch, args.seed), args.width)
+    batch = make_batch(args.batch, args.seed)
+    report["equivalence_check"] = check_equivalence(setup, batch, args.width)
+    report["equivalence_check"].update(check_other_workloads(
+        setup, batch, args.width, args.alphas))
     print(f"equivalence check passed ({time.perf_counter() - t0:.0f} s): "
           f"{report['equivalence_check']}", flush=True)
 
@@ -512,10 +1056,16 @@ def main(argv=None) -> None:
       out[layout] = m
     return out
 
-  def bench(name, batch_np, jax_cls, torch_step, reps, warmup):
-    """Times one workload: every JAX mesh variant against every PyTorch
-    layout, interleaved; appends and prints the result rows."""
-    jax_fns = {k: jax_cls(setup, batch_np, args.seed, mesh)
+  other = tr.ResNet(width=args.width)
+  tr.load_flax_variables(other, setup["variables_b"])
+  other_state = other.state_dict()
+
+  for i, name in enumerate(args.workloads):
+    spec = specs[name]
+    batch_np = make_batch(spec["batch"], args.seed + 100 * i)
+    if spec["labels"] == "predicted":
+      batch_np["label"] = predicted_labels(setup, batch_np["image"])
+    jax_fns = {k: spec["jax"](setup, batch_np, args.seed, mesh)
                for k, mesh in jax_meshes(jax_devices).items()}
     print(f"[{name}] JAX compile {jax_fns['jax'].compile_s:.1f} s",
           flush=True)
@@ -523,29 +1073,21 @@ def main(argv=None) -> None:
     labels = torch.from_numpy(batch_np["label"]).long()
     torch_fns = {}
     for layout, m in torch_models().items():
-      step = torch_step(m, channels_last=layout == "channels_last")
+      step = spec["torch"](m, layout == "channels_last", other_state)
       torch_fns[layout] = (lambda step=step: step(images, labels))
-    rows = run_workload(name, len(labels), reps, warmup, jax_fns, torch_fns)
+    # Memory before timing, in the layout that will most likely be the
+    # reference (channels_last when timed; it was the faster every time).
+    layout = "channels_last" if "channels_last" in args.layouts else "nchw"
+    torch_mem = measure_torch_memory(args, name, layout) if args.memory else None
+    rows = run_workload(name, spec, jax_fns, torch_fns,
+                        peak["peak_flops_per_s"], torch_mem)
     for row in rows:
-      metrics = getattr(jax_fns[row["jax_variant"]], "metrics", None)
-      if metrics is not None:
+      row["torch_memory_layout"] = layout
+      metrics = jax_fns[row["jax_variant"]].metrics
+      if isinstance(metrics, dict):
         row["jax_last_metrics"] = {k: float(v) for k, v in metrics.items()}
     report["results"].extend(rows)
     print(format_table(rows), flush=True)
-
-  if "train" in args.workloads:
-    bench("pgd10_at_step", make_batch(args.batch, args.seed), JaxTrain,
-          lambda m, channels_last: tr.PGDATStep(
-              m, eps=EPS, step_size=STEP, steps=10,
-              channels_last=channels_last),
-          args.reps, args.warmup)
-  if "eval" in args.workloads:
-    # One warm-up call is enough here: each call is ~20 pass-equivalents.
-    bench("pgd20_eval", make_batch(args.eval_batch, args.seed + 100), JaxEval,
-          lambda m, channels_last: tr.PGDEval(
-              m, eps=EPS, step_size=STEP, steps=20,
-              channels_last=channels_last),
-          args.eval_reps, min(args.warmup, 1))
 
   report["machine"]["load_average_at_end"] = os.getloadavg()
   table = format_table(report["results"])
@@ -553,7 +1095,10 @@ def main(argv=None) -> None:
   print()
   print(f"ResNet-18 width {args.width}, CPU, {threads} threads for JAX and "
         f"PyTorch; medians of interleaved repetitions; PyTorch eager "
-        f"(layout in brackets = the faster one, used as the reference)")
+        f"(layout in brackets = the faster one, used as the reference); "
+        f"peak {peak['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (f32 matmul); "
+        f"load average {info['load_average_at_start'][0]:.1f} at start, "
+        f"{report['machine']['load_average_at_end'][0]:.1f} at end")
   print(table)
   seen = set()
   for r in report["results"]:

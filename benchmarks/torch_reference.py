@@ -251,3 +251,160 @@ class PGDEval:
     with torch.no_grad():
       adv_ok = (self.model(x_adv).argmax(1) == labels) & clean_ok
     return {"clean": clean_ok.sum(), "adv": adv_ok.sum()}
+
+
+# ---------------------------------------------------------------------------
+# Twins of the harness's other workloads (benchmarks/run.py).
+
+
+class StandardStep:
+  """One standard (clean CE) training step: train-mode forward, backward,
+  SGD; robustjax's ``standard`` objective with the same optimizer."""
+
+  def __init__(self, model: nn.Module, *, lr: float = 0.1,
+               momentum: float = 0.9, weight_decay: float = 5e-4,
+               channels_last: bool = False):
+    self.model = model
+    self.channels_last = channels_last
+    self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                               weight_decay=weight_decay)
+
+  def __call__(self, images: torch.Tensor, labels: torch.Tensor
+               ) -> dict[str, torch.Tensor]:
+    x = to_float(images, self.channels_last)
+    self.model.train()
+    logits = self.model(x)
+    loss = F.cross_entropy(logits, labels)
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    return {"loss": loss.detach()}
+
+
+def kl_rows(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+  """KL(softmax(p) || softmax(q)) per example, as robustjax's ``_kl_rows``."""
+  log_p = F.log_softmax(p_logits, dim=1)
+  log_q = F.log_softmax(q_logits, dim=1)
+  return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
+def trades_attack(model: nn.Module, x: torch.Tensor, *, eps: float,
+                  step_size: float, steps: int,
+                  init_noise: torch.Tensor | None = None) -> torch.Tensor:
+  """TRADES's inner maximisation as robustjax's ``trades`` objective runs it.
+
+  Label-free: maximises the batch-summed KL(f(x) || f(x')) from
+  x + 0.001 N(0, I), projected onto the ball and [0, 1] (robustjax projects
+  the start too; TRADES's own code does not clip it), eval-mode BN (the
+  caller sets it), gradients w.r.t. the input only.
+  """
+  with torch.no_grad():
+    clean_logits = model(x)
+  noise = torch.randn_like(x) if init_noise is None else init_noise
+  x_adv = _project(x + 0.001 * noise, x, eps)
+  for _ in range(steps):
+    x_adv.requires_grad_(True)
+    loss = kl_rows(clean_logits, model(x_adv)).sum()
+    (grad,) = torch.autograd.grad(loss, x_adv)
+    with torch.no_grad():
+      x_adv = _project(x_adv + step_size * grad.sign(), x, eps)
+  return x_adv.detach()
+
+
+def trades_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                labels: torch.Tensor, beta: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+  """Train-mode ``CE(f(x), y) + beta * mean KL(f(x) || f(x_adv))``; clean
+  forward first, then adversarial (the BN statistics see both, in that
+  order, as in robustjax and the TRADES code). Returns (loss, adv logits)."""
+  logits = model(x)
+  adv_logits = model(x_adv)
+  natural = F.cross_entropy(logits, labels)
+  robust = kl_rows(logits, adv_logits).mean()
+  return natural + beta * robust, adv_logits
+
+
+class TRADESStep:
+  """One TRADES step (beta 6, KL-PGD in eval mode, then SGD)."""
+
+  def __init__(self, model: nn.Module, *, eps: float, step_size: float,
+               steps: int, beta: float = 6.0, lr: float = 0.1,
+               momentum: float = 0.9, weight_decay: float = 5e-4,
+               channels_last: bool = False):
+    self.model = model
+    self.eps, self.step_size, self.steps, self.beta = eps, step_size, steps, beta
+    self.channels_last = channels_last
+    self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                               weight_decay=weight_decay)
+
+  def __call__(self, images: torch.Tensor, labels: torch.Tensor
+               ) -> dict[str, torch.Tensor]:
+    x = to_float(images, self.channels_last)
+    self.model.eval()
+    x_adv = trades_attack(self.model, x, eps=self.eps,
+                          step_size=self.step_size, steps=self.steps)
+    self.model.train()
+    loss, _ = trades_loss(self.model, x, x_adv, labels, self.beta)
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    return {"loss": loss.detach()}
+
+
+class APGDEval:
+  """Clean + APGD-CE accuracy counts of one batch with torchattacks' APGD
+  (Linf, one restart, rho 0.75, as AutoAttack configures it, but ``steps``
+  iterations instead of 100)."""
+
+  def __init__(self, model: nn.Module, *, eps: float, steps: int,
+               channels_last: bool = False):
+    import torchattacks  # an optional dependency (requirements-dev.txt)
+    self.model = model
+    self.channels_last = channels_last
+    self.attack = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps,
+                                    n_restarts=1, loss="ce", rho=0.75, seed=0)
+
+  def __call__(self, images: torch.Tensor, labels: torch.Tensor
+               ) -> dict[str, torch.Tensor]:
+    self.model.eval()
+    x = to_float(images, self.channels_last)
+    with torch.no_grad():
+      clean_ok = self.model(x).argmax(1) == labels
+    x_adv = self.attack(x, labels)
+    with torch.no_grad():
+      adv_ok = (self.model(x_adv).argmax(1) == labels) & clean_ok
+    return {"clean": clean_ok.sum(), "adv": adv_ok.sum()}
+
+
+def lerp_state_dicts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                     alpha: float) -> dict[str, torch.Tensor]:
+  """``(1 - alpha) a + alpha b`` for float tensors (weights and BN running
+  statistics, like robustjax's ``batch_stats='interpolate'``); other tensors
+  (``num_batches_tracked``) from ``a``."""
+  return {k: (torch.lerp(v, b[k], alpha) if v.is_floating_point() else v)
+          for k, v in a.items()}
+
+
+class InterpEval:
+  """Clean accuracy of the interpolated model at each alpha on one batch:
+  state_dict lerp, ``load_state_dict``, eval-mode forward."""
+
+  def __init__(self, model: nn.Module, state_a: dict[str, torch.Tensor],
+               state_b: dict[str, torch.Tensor], alphas, *,
+               channels_last: bool = False):
+    self.model = model
+    self.state_a, self.state_b = state_a, state_b
+    self.alphas = tuple(alphas)
+    self.channels_last = channels_last
+
+  def __call__(self, images: torch.Tensor, labels: torch.Tensor
+               ) -> dict[float, torch.Tensor]:
+    self.model.eval()
+    x = to_float(images, self.channels_last)
+    out = {}
+    for alpha in self.alphas:
+      self.model.load_state_dict(
+          lerp_state_dicts(self.state_a, self.state_b, alpha))
+      with torch.no_grad():
+        out[alpha] = (self.model(x).argmax(1) == labels).sum()
+    return out
