@@ -9,7 +9,11 @@ Launch (the arg picks the objective; add ``smoke`` for a <1 minute check):
   python launch.py --config=configs/at.py:trades,smoke --workdir=/tmp/smoke
 
 Other arg keys: ``model=NAME``, ``width=W``, ``dataset=cifar10|cifar100|svhn``
-(``source=tfds`` for anything but the embedded CIFAR-10).
+(``source=tfds`` for anything but the embedded CIFAR-10), ``dtype=bfloat16``
+(mixed precision for the training step, attack included; parameters,
+optimizer state and loss stay float32, and evaluation stays float32 unless
+``--config.eval.dtype=bfloat16``; a GPU/TPU option: on this repository's
+2-core CPU bfloat16 is slower, see README "Mixed precision").
 
 The full recipes are GPU/TPU jobs (110 epochs of PGD-10 on a ResNet-18 is
 about 2e17 FLOP). Expected results on real CIFAR-10 (papers / reference code,
@@ -29,11 +33,13 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, model="resnet18", width=1.0,
-                          dataset="cifar10", source="embedded")
+                          dataset="cifar10", source="embedded",
+                          dtype="float32")
   objective = next((k for k in ("pgd_at", "trades", "mart", "fgsm_rs",
                                 "standard") if args.get(k)), "pgd_at")
   c = common.base_config()
-  c.model.update(name=args["model"], width=float(args["width"]))
+  c.model.update(name=args["model"], width=float(args["width"]),
+                 dtype=args["dtype"])
   c.dataset.update(name=args["dataset"], source=args["source"])
   c.objective.name = objective
   c.batch_size = 128

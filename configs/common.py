@@ -68,7 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_steps = 0            # > 0 overrides num_epochs
   c.log_every = 50
   c.progress_bar = True
-  c.model = dict(name="resnet18", width=1.0)
+  # dtype: compute dtype of the training step. "bfloat16" = mixed precision
+  # (bf16 convs and matmuls; float32 parameters, optimizer state, logits,
+  # softmax and loss). eval.dtype is separate and stays float32 by default.
+  c.model = dict(name="resnet18", width=1.0, dtype="float32")
   c.dataset = dict(name="cifar10", source="embedded", data_dir="",
                    val_size=0, val_seed=0, augment=True,
                    # CIFAR-10-C style copies of the splits (RWS-style
@@ -83,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
                      boundaries=(0.5, 0.75), decay=0.1, warmup_steps=0,
                      peak_fraction=0.4)
   c.eval = dict(every_steps=1000, num_examples=1000, batch_size=512,
-                attack=pgd_attack(10))
+                attack=pgd_attack(10), dtype="float32")
   c.final_eval = dict(num_examples=0, batch_size=512, attack=pgd_attack(20))
   c.checkpoint = dict(every_steps=500, max_to_keep=2, best_metric="adv_acc",
                       async_save=True)

@@ -22,16 +22,23 @@ PAD = ((1, 1), (1, 1))  # symmetric, as PyTorch's padding=1 (not Flax 'SAME')
 
 
 class TinyCNN(nn.Module):
-  """conv16/2 - conv32/2 - dense64 - dense10; x [B, 32, 32, 3] -> [B, 10]."""
+  """conv16/2 - conv32/2 - dense64 - dense10; x [B, 32, 32, 3] -> [B, 10].
+
+  ``dtype`` is the compute dtype (parameters and logits stay float32), for
+  the mixed-precision tests.
+  """
+
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
-    x = nn.relu(nn.Conv(16, (3, 3), (2, 2), PAD, name="conv1")(x))
-    x = nn.relu(nn.Conv(32, (3, 3), (2, 2), PAD, name="conv2")(x))
+    dt = self.dtype
+    x = nn.relu(nn.Conv(16, (3, 3), (2, 2), PAD, dtype=dt, name="conv1")(x))
+    x = nn.relu(nn.Conv(32, (3, 3), (2, 2), PAD, dtype=dt, name="conv2")(x))
     x = x.reshape((x.shape[0], -1))  # NHWC flatten order
-    x = nn.relu(nn.Dense(64, name="fc1")(x))
-    return nn.Dense(10, name="head")(x)
+    x = nn.relu(nn.Dense(64, dtype=dt, name="fc1")(x))
+    return nn.Dense(10, dtype=dt, name="head")(x).astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=None)

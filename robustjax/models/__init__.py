@@ -46,7 +46,8 @@ a stage from 0. Adding a model: write a factory
 """
 
 from robustjax.models.layers import CIFAR10_MEAN, CIFAR10_STD
-from robustjax.models.registry import available_models, create_model, register
+from robustjax.models.registry import (COMPUTE_DTYPES, available_models,
+                                       compute_dtype, create_model, register)
 
 # Imported for their @register side effect: they fill the registry.
 from robustjax.models import resnet as _resnet  # noqa: F401,E402
@@ -58,7 +59,9 @@ from robustjax.models import wide_resnet as _wide_resnet  # noqa: F401,E402
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "COMPUTE_DTYPES",
     "available_models",
+    "compute_dtype",
     "create_model",
     "register",
 ]

@@ -59,8 +59,31 @@ def _channel_stats(value: Sequence[float], what: str) -> tuple[float, ...]:
   return stats
 
 
+# Compute dtypes a config may name. float16 is left out on purpose: without
+# loss scaling its 5-bit exponent underflows small gradients, while bfloat16
+# keeps float32's range (see README "Mixed precision").
+COMPUTE_DTYPES: dict[str, Dtype] = {"float32": jnp.float32,
+                                    "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(dtype: str | Dtype) -> Dtype:
+  """``"float32"``/``"bfloat16"`` (or the dtype itself) -> the JAX dtype.
+
+  Raises:
+    ConfigError: any other name, e.g. ``"float16"``.
+  """
+  if not isinstance(dtype, str):
+    dtype = jnp.dtype(dtype).name
+  if dtype not in COMPUTE_DTYPES:
+    raise ConfigError(
+        f"model dtype {dtype!r} is not supported; use one of "
+        f"{', '.join(COMPUTE_DTYPES)} (bfloat16 = mixed precision: bfloat16 "
+        "compute, float32 parameters, optimizer state, logits and loss)")
+  return COMPUTE_DTYPES[dtype]
+
+
 def create_model(name: str, *, num_classes: int = 10, width: float = 1.0,
-                 dtype: Dtype = jnp.float32,
+                 dtype: str | Dtype = jnp.float32,
                  mean: Sequence[float] = CIFAR10_MEAN,
                  std: Sequence[float] = CIFAR10_STD) -> nn.Module:
   """Builds the registered model ``name``.
@@ -69,8 +92,8 @@ def create_model(name: str, *, num_classes: int = 10, width: float = 1.0,
     name: one of ``available_models()``.
     num_classes: the number of logits, at least 2.
     width: multiplies every channel count (rounded, at least 1); > 0.
-    dtype: compute dtype of convs and dense layers; parameters and logits
-      stay float32.
+    dtype: compute dtype of convs and dense layers, a name from
+      ``COMPUTE_DTYPES`` or the dtype; parameters and logits stay float32.
     mean, std: per-channel input statistics, applied inside the model.
 
   Returns:
@@ -95,4 +118,5 @@ def create_model(name: str, *, num_classes: int = 10, width: float = 1.0,
   std = _channel_stats(std, "std")
   if not all(s > 0 for s in std):
     raise ConfigError(f"model std must be > 0 per channel, got {std!r}")
-  return _REGISTRY[name](int(num_classes), float(width), dtype, mean, std)
+  return _REGISTRY[name](int(num_classes), float(width),
+                         compute_dtype(dtype), mean, std)

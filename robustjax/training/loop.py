@@ -32,9 +32,14 @@ def model_spec(config: Any, num_classes: int) -> dict[str, Any]:
           "num_classes": int(num_classes)}
 
 
-def build_model(spec: dict[str, Any]):
+def build_model(spec: dict[str, Any], dtype: str = "float32"):
+  """The network ``spec`` names, computing in ``dtype`` (parameters f32).
+
+  The compute dtype is not part of ``spec``: it does not change the
+  parameters, so a checkpoint trained in bfloat16 loads into a float32 model.
+  """
   return models.create_model(spec["name"], num_classes=spec["num_classes"],
-                             width=spec["width"])
+                             width=spec["width"], dtype=dtype)
 
 
 def _num_steps(config: Any, steps_per_epoch: int) -> int:
@@ -91,6 +96,8 @@ def validate(config: Any) -> None:
                         "configs/quickstart.py")
   if config.model.name not in models.available_models():
     models.create_model(config.model.name)  # raises the one-line error
+  models.compute_dtype(config.model.get("dtype", "float32"))
+  models.compute_dtype(config.eval.get("dtype", "float32"))
   if config.dataset.name not in data.DATASETS:
     data.load_split(config.dataset.name, "test",
                     source=config.dataset.source)  # raises
@@ -117,7 +124,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.get("num_devices") or None)
   sharding.check_batch_divisible(int(config.batch_size), mesh)
   spec = model_spec(config, train_split.num_classes)
-  model = build_model(spec)
+  # Mixed precision (model.dtype=bfloat16) speeds up the training step;
+  # evaluation has its own dtype (float32 by default) so reported accuracies
+  # are computed at full precision unless asked otherwise.
+  model = build_model(spec, config.model.get("dtype", "float32"))
+  eval_model = build_model(spec, config.eval.get("dtype", "float32"))
   batches = data.TrainBatches(train_split, int(config.batch_size),
                               int(config.seed), mesh)
   total_steps = _num_steps(config, batches.steps_per_epoch)
@@ -168,14 +179,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       objective, tx, schedule, mesh,
       augment=bool(config.dataset.get("augment", True)),
       state_sharding=state_sharding)
-  eval_step = evaluation.make_eval_step(model, config.eval.attack, mesh)
+  eval_step = evaluation.make_eval_step(eval_model, config.eval.attack, mesh)
   train_key = sharding.put_replicated(train_key, mesh)
   eval_split = val_split if val_split is not None else test_split
   eval_name = "val" if val_split is not None else "test"
 
   def run_eval(step: int) -> dict[str, Any]:
     result = evaluation.evaluate(
-        model, _eval_variables(state, mesh, fsdp), eval_split, mesh,
+        eval_model, _eval_variables(state, mesh, fsdp), eval_split, mesh,
         attack_cfg=config.eval.attack, batch_size=int(config.eval.batch_size),
         num_examples=int(config.eval.num_examples) or None,
         seed=int(config.seed), eval_step=eval_step)
@@ -220,7 +231,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   final = config.get("final_eval")
   if final is not None:
     result = evaluation.evaluate(
-        model, _eval_variables(state, mesh, fsdp), test_split, mesh, attack_cfg=final.attack,
+        eval_model, _eval_variables(state, mesh, fsdp), test_split, mesh,
+        attack_cfg=final.attack,
         batch_size=int(final.batch_size),
         num_examples=int(final.num_examples) or None, seed=int(config.seed))
     _say(None, f"final test: {evaluation.format_accuracies(result)}")
