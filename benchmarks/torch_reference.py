@@ -408,3 +408,94 @@ class InterpEval:
       with torch.no_grad():
         out[alpha] = (self.model(x).argmax(1) == labels).sum()
     return out
+
+
+# ---------------------------------------------------------------------------
+# WRN-34-10 for the GPU benchmark (benchmarks/gpu.py): robustjax's
+# pre-activation WideResNet (robustjax/models/wide_resnet.py), i.e. the
+# TRADES/MART WideResNet with drop rate 0. Same structure and parameter count
+# (checked by gpu.py); not used for a weight-for-weight comparison.
+
+
+class PreActBlock(nn.Module):
+  """BN-ReLU-conv3x3-BN-ReLU-conv3x3 + shortcut (a bias-free 1x1 conv on the
+  pre-activated input when the shape changes); no ReLU after the sum."""
+
+  def __init__(self, cin: int, cout: int, stride: int):
+    super().__init__()
+    self.bn1 = nn.BatchNorm2d(cin, eps=1e-5, momentum=0.1)
+    self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)
+    self.bn2 = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
+    self.conv2 = nn.Conv2d(cout, cout, 3, 1, padding=1, bias=False)
+    self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
+                     if stride != 1 or cin != cout else None)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    pre = F.relu(self.bn1(x))
+    short = x if self.shortcut is None else self.shortcut(pre)
+    y = self.conv1(pre)
+    y = self.conv2(F.relu(self.bn2(y)))
+    return y + short
+
+
+class WideResNet(nn.Module):
+  """WRN-depth-k: 16-channel stem, three stages of (depth - 4) / 6
+  pre-activation blocks (16k, 32k, 64k channels times ``width``; strides 1,
+  2, 2), final BN-ReLU, global average pool, linear head."""
+
+  def __init__(self, depth: int = 34, widen_factor: int = 10,
+               num_classes: int = 10, width: float = 1.0,
+               mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)):
+    super().__init__()
+    self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+    self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+    n = (depth - 4) // 6
+    cin = scale_channels(16, width)
+    self.stem = nn.Conv2d(3, cin, 3, 1, padding=1, bias=False)
+    blocks = []
+    for base, stride in zip((16, 32, 64), (1, 2, 2)):
+      cout = scale_channels(base * widen_factor, width)
+      for i in range(n):
+        blocks.append(PreActBlock(cin, cout, stride if i == 0 else 1))
+        cin = cout
+    self.blocks = nn.Sequential(*blocks)
+    self.final_bn = nn.BatchNorm2d(cin, eps=1e-5, momentum=0.1)
+    self.head = nn.Linear(cin, num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = self.stem((x - self.mean) / self.std)
+    x = F.relu(self.final_bn(self.blocks(x)))
+    return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class AMPPGDATStep:
+  """The PGD-AT step (``PGDATStep``) under ``torch.autocast`` (bfloat16 by
+  default) for accelerators: the attack's and the loss's forward passes run
+  in the autocast dtype, weights, input gradients and the SGD update stay
+  float32 (bfloat16 needs no loss scaling). Feed it channels_last models."""
+
+  def __init__(self, model: nn.Module, *, eps: float, step_size: float,
+               steps: int, device_type: str = "cuda",
+               dtype: torch.dtype = torch.bfloat16, lr: float = 0.1,
+               momentum: float = 0.9, weight_decay: float = 5e-4):
+    self.model = model
+    self.eps, self.step_size, self.steps = eps, step_size, steps
+    self.autocast = lambda: torch.autocast(device_type, dtype=dtype)  # noqa: E731
+    self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                               weight_decay=weight_decay)
+
+  def __call__(self, images: torch.Tensor, labels: torch.Tensor
+               ) -> dict[str, torch.Tensor]:
+    x = to_float(images, channels_last=True)
+    self.model.eval()
+    with self.autocast():
+      x_adv = pgd_linf(self.model, x, labels, eps=self.eps,
+                       step_size=self.step_size, steps=self.steps)
+    self.model.train()
+    with self.autocast():
+      logits = self.model(x_adv)
+      loss = F.cross_entropy(logits.float(), labels)
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    return {"loss": loss.detach()}
