@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = dict(name="resnet18", width=1.0, dtype="float32")
   c.dataset = dict(name="cifar10", source="embedded", data_dir="",
                    val_size=0, val_seed=0, augment=True,
+                   # A class subset ("0-4", "5-9", "0,2,4"), relabelled
+                   # 0..K-1; "" = all classes.
+                   classes="",
                    # CIFAR-10-C style copies of the splits (RWS-style
                    # training): names = a corruption, a list (rift18 ...)
                    # or none; mode single (one type) or random (per image).

@@ -28,7 +28,22 @@ one summary line per corruption, the composition lines, and writes
 Arg keys: ``model=vgg16``, ``width=0.25``, ``epochs=E``, ``severity=5``,
 ``k=7`` (layers kept), ``bits=0`` (0 = float32), ``n=500`` test points,
 ``target=DIR`` (patch another clean model from the same theta_pre:
-transfer), ``smoke``.
+transfer), ``classes=0-4`` (``dataset.classes``: train or evaluate on those
+classes only, relabelled 0..K-1; ``0+2+4`` for a list), ``smoke``.
+
+Transfer across datasets (docs/rws.md): signatures extracted from models
+fine-tuned on one class subset patch a clean model fine-tuned on another
+from the same theta_pre; a theta_pre with another class count gets a fresh
+head when fine-tuned:
+
+  python launch.py --config=configs/rws.py:clean,init=workdirs/rws/pre,classes=5-9 \
+      --workdir=workdirs/rws_transfer/B/clean
+  python launch.py --config=configs/rws.py:analyze,root=workdirs/rws_transfer/A,corruptions=fog,target=workdirs/rws_transfer/B/clean \
+      --config.theta_pre=workdirs/rws/pre --workdir=workdirs/rws_transfer/analysis_B
+
+(``root`` holds A's ``clean`` and corruption models; the target is
+evaluated on the classes recorded in its checkpoint.) The measured run is
+``experiments/rws_transfer.py``.
 """
 
 import ml_collections
@@ -39,11 +54,15 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, model="vgg16", width=0.25, epochs=0.0,
                           severity=5, init="", corruption="", root="",
-                          corruptions="", k=7, bits=0, n=500, target="")
+                          corruptions="", k=7, bits=0, n=500, target="",
+                          classes="")
+  # "0+2+4" in the arg (its items are comma-separated) -> "0,2,4".
+  classes = str(args["classes"]).replace("+", ",")
   smoke = bool(args.get("smoke"))
   if args.get("analyze"):
-    return _analyze(args, smoke)
+    return _analyze(args, classes, smoke)
   c = common.base_config()
+  c.dataset.classes = classes
   c.model.update(name=args["model"], width=float(args["width"]))
   c.objective.name = "standard"
   c.eval.attack = common.pgd_attack(0)        # clean accuracy only
@@ -72,7 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-def _analyze(args: dict, smoke: bool) -> ml_collections.ConfigDict:
+def _analyze(args: dict, classes: str, smoke: bool
+             ) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "rws"
   c.seed = 0
@@ -92,8 +112,10 @@ def _analyze(args: dict, smoke: bool) -> ml_collections.ConfigDict:
   c.batch_stats = "keep"              # keep | recompute | average
   c.bn_batches = 20
   c.bn_batch_size = 128
+  # classes: "" = the classes the target model was trained on (recorded
+  # in its checkpoint; all when it recorded none).
   c.dataset = dict(name="cifar10", source="embedded", data_dir="",
-                   split="test")
+                   split="test", classes=classes)
   c.eval = dict(num_examples=int(args["n"]), batch_size=100)
   if smoke:
     c.coefficients = (0.0, 1.0, 1.5)

@@ -311,3 +311,62 @@ def test_eval_batches_cover_in_order_with_mask():
   assert sum(int(b["mask"].sum()) for b in everything) == 100
   with pytest.raises(ConfigError):
     data.eval_batches(s, 8, mesh, num_examples=101)
+
+
+# ------------------------------------------------------------ class subsets
+
+def _labelled_split(n=40, num_classes=10):
+  """Row i has every pixel = i and label i % num_classes."""
+  images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None],
+                           (n, 2, 2, 3)).copy()
+  return data.ArraySplit(images, (np.arange(n) % num_classes).astype(np.int32),
+                         num_classes, "toy")
+
+
+@pytest.mark.parametrize("spec,want", [
+    ("", None), ("0-4", (0, 1, 2, 3, 4)), ("5-9", (5, 6, 7, 8, 9)),
+    ("0,2,4", (0, 2, 4)), (" 7 , 3 ", (7, 3)), ("0-1,8-9", (0, 1, 8, 9)),
+    ((9, 0), (9, 0))])
+def test_parse_classes(spec, want):
+  assert data.parse_classes(spec, 10) == want
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("0-10", "names class 10, but the dataset has classes 0-9"),
+    ("-1", "entry '-1'"), ("3,1,3", "names class 3 more than once"),
+    ("0-4,4", "more than once"), ("6", "keeps 1 of the 10 classes"),
+    ("a-b", "entry 'a-b'"), ("4-2", "descending range '4-2'"),
+    ("0,,1", "entry ''")])
+def test_parse_classes_refuses_bad_values_in_one_line(spec, match):
+  with pytest.raises(ConfigError, match=match) as err:
+    data.parse_classes(spec, 10)
+  assert "\n" not in str(err.value) and "dataset.classes" in str(err.value)
+
+
+def test_class_subset_keeps_order_and_relabels_in_the_given_order():
+  s = _labelled_split()
+  half = data.class_subset(s, (7, 2))
+  assert half.num_classes == 2 and half.name == "toy" and len(half) == 8
+  rows = half.images[:, 0, 0, 0]
+  np.testing.assert_array_equal(rows, [2, 7, 12, 17, 22, 27, 32, 37])
+  np.testing.assert_array_equal(half.labels, [1, 0] * 4)  # 7 -> 0, 2 -> 1
+  assert half.labels.dtype == np.int32
+  with pytest.raises(ConfigError, match="names class 10"):
+    data.class_subset(s, (1, 10))
+
+
+def test_load_data_applies_dataset_classes_to_every_split():
+  from configs import common
+  from robustjax.training.loop import load_data
+  config = common.base_config()
+  config.dataset.update(classes="5-9", val_size=1000)
+  train, val, test = load_data(config)
+  for split, n in ((train, 24_000), (val, 1000), (test, 5000)):
+    assert split.num_classes == 5 and len(split) == n
+    assert set(np.unique(split.labels)) <= set(range(5))
+  full = data.load_split("cifar10", "test")
+  np.testing.assert_array_equal(test.labels, full.labels[full.labels >= 5] - 5)
+  np.testing.assert_array_equal(test.images, full.images[full.labels >= 5])
+  config.dataset.classes = "5"
+  with pytest.raises(ConfigError, match="at least 2"):
+    load_data(config)

@@ -387,3 +387,84 @@ def test_rws_task_through_launch(saved, tmp_path):
   assert result.returncode == 2
   assert "bits=40 must be an integer from 1 to 32" in result.stderr
   assert not bad.exists()
+
+
+# ------------------------------------------------------------- transfer
+
+def _finetune(saved, workdir, arg):
+  config = rws_config.get_config(
+      f"{arg},init={saved}/pre,smoke,width=0.125")
+  config.model.width = 0.125
+  config.num_steps = 2
+  config.progress_bar = False
+  config.eval.update(every_steps=0, num_examples=32)
+  config.final_eval = None
+  config.checkpoint.update(every_steps=2, async_save=False)
+  return tasks.run(config, workdir)
+
+
+def test_transfer_to_a_target_of_another_class_count(saved, family,
+                                                     tmp_path):
+  """theta_pre has 10 classes; the signature's models and the target are
+  fine-tuned on 3 classes (fresh heads); the task evaluates the target on
+  its own classes and patches exactly target + signature."""
+  from robustjax.rws import task as rws_task
+  # The target: fine-tuned from theta_pre on classes 3-5, so its head is
+  # re-initialised with 3 outputs and every other layer starts at theta_pre.
+  target_dir = str(tmp_path / "B_clean")
+  _finetune(saved, target_dir, "clean,classes=3-5")
+  pre = checkpoint.load(f"{saved}/pre")
+  start = checkpoint.load(target_dir, step=0)
+  assert start["meta"]["reinitialised"] == ["head/dense"]
+  assert start["meta"]["model"]["num_classes"] == 3
+  assert start["params"]["head"]["dense"]["kernel"].shape[-1] == 3
+  for path, leaf in trees.flatten(start["params"]).items():
+    if not path.startswith("head/"):
+      np.testing.assert_array_equal(leaf, trees.flatten(pre["params"])[path])
+  # Dataset A's models: 3 classes too (synthetic moves from theta_pre).
+  model, _ = _init(0)
+  model3 = models.create_model("small_cnn", num_classes=3, width=0.125)
+  base, _ = rws_task.start_variables(
+      _variables_of(pre), model3, dict(SPEC, num_classes=3), (32, 32, 3), 0)
+  spec3 = dict(SPEC, num_classes=3)
+  root = tmp_path / "A"
+  _save(str(root / "clean"), _moved(base, 1, 0.02), spec3)
+  _save(str(root / "brightness"), _moved(base, 2, 0.02), spec3)
+  config = rws_config.get_config(
+      f"analyze,smoke,root={root},corruptions=brightness,k=4,"
+      f"target={target_dir}")
+  config.theta_pre = f"{saved}/pre"
+  workdir = str(tmp_path / "analysis")
+  report = tasks.run(config, workdir)
+  assert report["transfer"] and report["classes"] == [3, 4, 5]
+  assert report["target_model"]["num_classes"] == 3
+  assert report["per_corruption"]["brightness"]["robust_acc"] is None
+  # The signature is the projection of A's robust delta from the 10-class
+  # theta_pre; patching changes exactly the kept layers of the target.
+  sig = rws.load(os.path.join(workdir, "signatures", "brightness.rws"))
+  assert sig.paths and not any(p.startswith("head/") for p in sig.paths)
+  target = checkpoint.load(target_dir)
+  patched = rws.patch(target["params"], sig)
+  flat_t, flat_p = trees.flatten(target["params"]), trees.flatten(patched)
+  for path in flat_t:
+    want = flat_t[path] + sig.tensors[path] if path in sig.tensors \
+        else flat_t[path]
+    np.testing.assert_allclose(flat_p[path], want, rtol=1e-6, atol=1e-7)
+  # ... and the task evaluated that patched target on classes 3-5.
+  from robustjax import data, sharding
+  split = data.class_subset(data.load_split("cifar10", "test"), (3, 4, 5))
+  ev = rws_task._Evaluator(model3, split, sharding.make_mesh(None), 32, 32,
+                           5, 0)
+  acc = ev.accuracy({"params": patched, "batch_stats": target["batch_stats"]},
+                    "brightness")
+  assert acc == report["per_corruption"]["brightness"]["patched_acc"]
+  # Other classes than the target's are refused before anything is written.
+  config.dataset.classes = "0-2"
+  with pytest.raises(ConfigError, match="trained on classes '3-5'"):
+    tasks.run(config, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")
+
+
+def _variables_of(restored):
+  return {"params": restored["params"],
+          "batch_stats": restored["batch_stats"]}

@@ -2,6 +2,7 @@
 
   split = load_split('cifar10', 'test')                 # sources.py
   train, val = holdout_split(split, val_size=5000)      # sources.py
+  half = class_subset(split, (5, 6, 7, 8, 9))           # labels 0..4
   x = random_crop_flip(key, batch['image'])             # augment.py (in jit)
   TrainBatches(split, 128, seed, mesh).batch(step)      # pipeline.py
   eval_batches(split, 200, mesh, num_examples=1000)     # pipeline.py
@@ -15,10 +16,11 @@ from robustjax.data.embedded import CLASS_NAMES
 from robustjax.data.pipeline import (TrainBatches, clean_float_batches,
                                      eval_batches)
 from robustjax.data.sources import (DATASETS, ArraySplit, DatasetInfo,
-                                    holdout_split, load_split)
+                                    class_subset, holdout_split, load_split,
+                                    parse_classes)
 
 __all__ = [
     "ArraySplit", "CLASS_NAMES", "DATASETS", "DatasetInfo", "TrainBatches", "clean_float_batches",
-    "eval_batches", "holdout_split", "load_split", "random_crop_flip",
+    "class_subset", "eval_batches", "holdout_split", "load_split", "parse_classes", "random_crop_flip",
     "to_float",
 ]

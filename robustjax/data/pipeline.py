@@ -215,12 +215,13 @@ def clean_float_batches(dataset_cfg: Any, batch_size: int, count: int,
 
   No augmentation: what re-estimating BatchNorm statistics on clean data
   needs (interpolation, RWS patching). ``dataset_cfg`` holds ``name``,
-  ``source`` and optionally ``data_dir``.
+  ``source`` and optionally ``data_dir`` and ``classes`` (a class subset).
   """
   from robustjax.data import augment, sources  # local: sibling modules
   train = sources.load_split(dataset_cfg.name, "train",
                              source=dataset_cfg.source,
                              data_dir=dataset_cfg.get("data_dir") or None)
+  train = sources.subset_from_config(train, dataset_cfg)
   batches = TrainBatches(train, batch_size, seed, mesh)
   to_float = jax.jit(augment.to_float)
   return [to_float(batches.batch(i)["image"]) for i in range(count)]

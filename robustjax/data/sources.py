@@ -1,4 +1,5 @@
-"""Datasets as in-memory arrays: the registry, ``load_split``, ``holdout_split``.
+"""Datasets as in-memory arrays: the registry, ``load_split``, ``holdout_split``,
+``class_subset`` (some classes, relabelled 0..K-1; ``dataset.classes``).
 
 Every split is a whole ``ArraySplit`` in host memory (CIFAR/SVHN are small), so
 the input pipeline only gathers rows by index; see ``pipeline.py``.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -151,3 +153,98 @@ def holdout_split(split: ArraySplit, val_size: int, seed: int = 0
   val_idx = np.sort(perm[:val_size])
   train_idx = np.sort(perm[val_size:])
   return split.take(train_idx), split.take(val_idx)
+
+
+# ------------------------------------------------------------ class subsets
+
+def parse_classes(spec: str | Sequence[int] | None, num_classes: int,
+                  what: str = "dataset.classes") -> tuple[int, ...] | None:
+  """Reads a class selection such as ``"0-4"``, ``"5-9"`` or ``"0,2,4"``.
+
+  Args:
+    spec: ranges ``a-b`` (inclusive) and single classes, comma-separated,
+      or a sequence of ints; ``""``/``None`` means all classes.
+    num_classes: how many classes the full dataset has.
+    what: the config key named in error messages.
+
+  Returns:
+    The classes in the given order (class ``classes[i]`` becomes label
+    ``i``), or None for all classes.
+
+  Raises:
+    ConfigError: an unreadable entry, a class outside ``[0, num_classes)``,
+      a repeated class or fewer than 2 classes.
+  """
+  if spec is None or (isinstance(spec, str) and not spec.strip()):
+    return None
+  if isinstance(spec, str):
+    classes: list[int] = []
+    for item in (s.strip() for s in spec.split(",")):
+      low, sep, high = item.partition("-")
+      try:
+        first, last = int(low), int(high if sep else low)
+      except ValueError:
+        raise ConfigError(f"{what}={spec!r} has the entry {item!r}; write "
+                          "classes as ranges and numbers, e.g. '0-4' or "
+                          "'0,2,4'") from None
+      if last < first:
+        raise ConfigError(f"{what}={spec!r} has the descending range "
+                          f"{item!r}; write it as '{last}-{first}'")
+      classes.extend(range(first, last + 1))
+  else:
+    classes = [int(c) for c in spec]
+  bad = [c for c in classes if not 0 <= c < num_classes]
+  if bad:
+    raise ConfigError(f"{what}={spec!r} names class {bad[0]}, but the "
+                      f"dataset has classes 0-{num_classes - 1}; pick classes "
+                      "in that range")
+  repeated = sorted({c for c in classes if classes.count(c) > 1})
+  if repeated:
+    raise ConfigError(f"{what}={spec!r} names class {repeated[0]} more than "
+                      "once; list each class once")
+  if len(classes) < 2:
+    raise ConfigError(f"{what}={spec!r} keeps {len(classes)} of the "
+                      f"{num_classes} classes; a classifier needs at least 2")
+  return tuple(classes)
+
+
+def class_subset(split: ArraySplit, classes: Sequence[int]) -> ArraySplit:
+  """Only the examples of ``classes``, relabelled ``0..K-1``.
+
+  Class ``classes[i]`` becomes label ``i`` and ``num_classes`` becomes
+  ``K = len(classes)``; the kept rows stay in their original order (so the
+  embedded splits stay class-mixed). Used for two "datasets" from one, e.g.
+  CIFAR-10 classes 0-4 and 5-9 (RWS transfer, docs/rws.md).
+
+  Args:
+    split: the full split, labels in ``[0, split.num_classes)``.
+    classes: distinct classes of ``split`` (see ``parse_classes``).
+
+  Returns:
+    An ``ArraySplit`` with uint8 ``[M, H, W, C]`` images and int32 ``[M]``
+    labels in ``[0, K)``.
+  """
+  classes = parse_classes(list(classes), split.num_classes)
+  lookup = np.full(split.num_classes, -1, np.int32)
+  lookup[list(classes)] = np.arange(len(classes), dtype=np.int32)
+  rows = np.nonzero(lookup[split.labels] >= 0)[0]
+  return ArraySplit(split.images[rows], lookup[split.labels[rows]],
+                    len(classes), split.name)
+
+
+def config_num_classes(dataset_cfg: Any) -> int:
+  """The label count a ``dataset`` config block gives models: the number of
+  ``dataset.classes`` if set, else the dataset's own (validates both)."""
+  if dataset_cfg.name not in DATASETS:
+    raise ConfigError(f"unknown dataset {dataset_cfg.name!r}; choose one of "
+                      f"{', '.join(sorted(DATASETS))}")
+  total = DATASETS[dataset_cfg.name].num_classes
+  classes = parse_classes(dataset_cfg.get("classes", ""), total)
+  return total if classes is None else len(classes)
+
+
+def subset_from_config(split: ArraySplit, dataset_cfg: Any) -> ArraySplit:
+  """``split`` restricted to ``dataset_cfg.classes`` (unchanged when that
+  key is empty or missing)."""
+  classes = parse_classes(dataset_cfg.get("classes", ""), split.num_classes)
+  return split if classes is None else class_subset(split, classes)

@@ -193,9 +193,11 @@ def extract(theta_pre: Any, clean: Any, robust: Any, *,
   """The signature of ``robust`` against ``clean``, both from ``theta_pre``.
 
   Args:
-    theta_pre, clean, robust: params trees of one model (same paths,
-      shapes and dtypes), the clean and robust models fine-tuned from
-      ``theta_pre``.
+    theta_pre, clean, robust: params trees of one model, the clean and
+      robust models fine-tuned from ``theta_pre``. ``clean`` and ``robust``
+      must have the same paths, shapes and dtypes; ``theta_pre`` only in
+      the kept layers, so its head may have another class count (a start
+      trained on another label set, as the reference's ImageNet start).
     first_k / include / exclude / order: the layers kept (``select_paths``).
     bits: quantize each kept tensor to this many bits (1..32); None keeps
       float32.
@@ -206,11 +208,13 @@ def extract(theta_pre: Any, clean: Any, robust: Any, *,
     doc), dequantized if ``bits`` is set.
   """
   bits = check_bits(bits)
-  trees.check_compatible(theta_pre, clean, "theta_pre and the clean model")
-  trees.check_compatible(theta_pre, robust, "theta_pre and the robust model")
-  paths = select_paths(theta_pre, first_k=first_k, include=include,
+  trees.check_compatible(clean, robust, "the clean and the robust model")
+  paths = select_paths(clean, first_k=first_k, include=include,
                        exclude=exclude, order=order)
   fp, fs, fc = (trees.flatten(t) for t in (theta_pre, clean, robust))
+  trees.check_compatible({p: fp[p] for p in paths if p in fp},
+                         {p: fs[p] for p in paths},
+                         "theta_pre and the clean model (kept layers)")
   tensors, quant, codes = {}, {}, {}
   for path in paths:
     pre = np.asarray(fp[path], np.float64)

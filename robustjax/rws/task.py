@@ -4,7 +4,10 @@
 workdir is seeded with theta_pre's weights and a fresh optimizer state as
 its step-0 checkpoint, then the ordinary training loop resumes from it, so
 the clean model and every corruption model start from the same weights
-(and, being one model class, share its input normalisation).
+(and, being one model class, share its input normalisation). When the data
+has another class count than theta_pre (``dataset.classes``), the output
+layer is re-initialised (``start_variables``); every other layer is
+theta_pre's.
 
 ``rws``: from theta_pre, the clean model and the robust models, extract and
 save one signature per corruption, then measure:
@@ -21,6 +24,11 @@ save one signature per corruption, then measure:
   coefficient 1 each (``composition='linear'``) or the reference code's
   ``(1/K)^2`` each (``'reference'``);
 * ``storage``: signature size against the full model.
+
+With ``target`` (transfer), the signatures patch another clean model from
+the same theta_pre, evaluated on the classes its checkpoint recorded
+(``target_dataset``); its class count may differ, as the head is never
+patched. theta_pre has to match the other models only in the kept layers.
 
 Writes ``WORKDIR/signatures/<corruption>.rws``, ``WORKDIR/report.json``,
 ``WORKDIR/depth_profile.png``, ``similarity.png``, ``scaling.png``.
@@ -48,6 +56,55 @@ from robustjax.weightspace import interpolate, trees
 
 # ------------------------------------------------------------- finetune
 
+def start_variables(pre: dict[str, Any], model, spec: dict[str, Any],
+                    image_shape: tuple[int, int, int], seed: int
+                    ) -> tuple[dict[str, Any], list[str]]:
+  """theta_pre's variables for ``model``, whose class count may differ.
+
+  Every layer is theta_pre's, except the output layer when its tensors have
+  other shapes (another class count): that whole layer (kernel and bias)
+  comes from a fresh ``model.init`` with key ``seed``, as a new head in
+  transfer learning. Any other difference means another architecture.
+
+  Args:
+    pre: theta_pre's ``{"params", "batch_stats"}``.
+    model: the network to fine-tune (``spec``'s class count).
+    spec: its model spec, for error messages.
+    image_shape: ``(H, W, C)`` of one input.
+    seed: the init key of the fresh layer.
+
+  Returns:
+    ``({"params", "batch_stats"}, re-initialised layer paths)``, e.g.
+    ``[]`` or ``["head/dense"]``.
+  """
+  fresh = jax.jit(lambda k: model.init(
+      k, np.zeros((1, *image_shape), np.float32), train=False))(
+          jax.random.key(seed))
+  fresh = {"params": fresh["params"],
+           "batch_stats": fresh.get("batch_stats", {})}
+  flat_pre, flat_new = trees.flatten(pre), trees.flatten(fresh)
+  if set(flat_pre) != set(flat_new):
+    raise ConfigError(
+        f"theta_pre's tensors differ from those of model {spec['name']} "
+        f"width {spec['width']:g}: {trees.mismatches(pre, fresh)[0]}; "
+        "fine-tune from a theta_pre of the same architecture")
+  # Paths are "params/<layer>/<leaf>": strip the collection for the layer.
+  changed = sorted({trees.layer_of(p.split("/", 1)[1]) for p in flat_new
+                    if np.shape(flat_pre[p]) != np.shape(flat_new[p])})
+  head = trees.layers(fresh["params"], _order(model, image_shape))[-1]
+  if changed not in ([], [head]):
+    raise ConfigError(
+        f"theta_pre differs from model {spec['name']} width "
+        f"{spec['width']:g} with {spec['num_classes']} classes in "
+        f"{', '.join(changed)}, not only in the output layer {head}; "
+        "fine-tune from a theta_pre of the same architecture")
+  merged = trees.unflatten({
+      p: flat_new[p] if trees.layer_of(p.split("/", 1)[1]) in changed
+      else flat_pre[p] for p in flat_new})
+  return ({"params": merged["params"],
+           "batch_stats": merged.get("batch_stats", {})}, changed)
+
+
 def run_finetune(config: Any, workdir: str) -> dict[str, Any]:
   """Seeds ``workdir`` with theta_pre (``config.init_from``) as step 0 and
   trains with ``train_and_evaluate``. A workdir that already has
@@ -66,25 +123,35 @@ def run_finetune(config: Any, workdir: str) -> dict[str, Any]:
         f"{pre_spec['width']:g} but the config asks for {want['name']} width "
         f"{want['width']:g}; set --config.model.name/--config.model.width to "
         "the theta_pre model")
+  # The class count comes from the data (dataset.classes may keep a subset);
+  # it may differ from theta_pre's, and then the head is re-initialised.
+  spec = dict(pre_spec, num_classes=data.sources.config_num_classes(
+      config.dataset))
   ckpt_dir = os.path.join(workdir, checkpoint.LATEST_DIR)
   if not checkpoint.has_checkpoint(ckpt_dir):
     pre = checkpoint.load(source)
+    variables, fresh_layers = start_variables(
+        _variables(pre), loop.build_model(spec), spec,
+        data.DATASETS[config.dataset.name].image_shape, int(config.seed))
     # The optimizer state's structure does not depend on the step count
     # (the schedule is a function of the step), so any count builds it.
     tx, _ = optimizer.make_optimizer(config.optimizer, 1000)
-    params = jax.tree.map(jax.numpy.asarray, pre["params"])
+    params = jax.tree.map(jax.numpy.asarray, variables["params"])
     state = step_lib.TrainState(
         step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-        batch_stats=jax.tree.map(jax.numpy.asarray, pre["batch_stats"]),
+        batch_stats=jax.tree.map(jax.numpy.asarray,
+                                 variables["batch_stats"]),
         opt_state=tx.init(params))
-    meta = {"model": pre_spec, "dataset": config.dataset.to_dict(),
+    meta = {"model": spec, "dataset": config.dataset.to_dict(),
             "objective": config.objective.to_dict(),
             "config": config.to_json_best_effort(),
-            "init_from": source}
+            "init_from": source, "reinitialised": fresh_layers}
     ckpt = checkpoint.Checkpointer(ckpt_dir, max_to_keep=2, async_save=False)
     ckpt.save(0, state.to_dict(), meta)
     ckpt.close()
-    logging.info("seeded %s with theta_pre %s", ckpt_dir, source)
+    logging.info("seeded %s with theta_pre %s%s", ckpt_dir, source,
+                 f" (re-initialised {', '.join(fresh_layers)} for "
+                 f"{spec['num_classes']} classes)" if fresh_layers else "")
   report = loop.train_and_evaluate(config, workdir)
   report["init_from"] = source
   write_report(workdir, report)
@@ -149,10 +216,35 @@ class _Evaluator:
     return correct / max(count, 1.0)
 
 
-def _bn_batches(config: Any, mesh):
-  return data.clean_float_batches(config.dataset, int(config.bn_batch_size),
+def _bn_batches(config: Any, dataset_cfg: Any, mesh):
+  return data.clean_float_batches(dataset_cfg, int(config.bn_batch_size),
                                   int(config.bn_batches),
                                   int(config.get("seed", 0)), mesh)
+
+
+def target_dataset(dataset_cfg: Any, target_meta: dict[str, Any]):
+  """``dataset_cfg`` with ``classes`` set to the target model's classes.
+
+  The target is evaluated on the classes it was trained on: those its
+  checkpoint recorded (``meta["dataset"]["classes"]``, written by the
+  training loop) unless ``dataset_cfg.classes`` names them; naming other
+  classes than the recorded ones is refused, since label i would then mean
+  another class than the one the head learnt.
+  """
+  import ml_collections  # local: only this copy of the block needs it
+  recorded = str((target_meta.get("dataset") or {}).get("classes", "") or "")
+  wanted = str(dataset_cfg.get("classes", "") or "")
+  total = data.DATASETS[dataset_cfg.name].num_classes \
+      if dataset_cfg.name in data.DATASETS else 0
+  if wanted and recorded and total and (
+      data.parse_classes(wanted, total) != data.parse_classes(recorded, total)):
+    raise ConfigError(
+        f"dataset.classes='{wanted}' but the target model was trained on "
+        f"classes '{recorded}'; leave dataset.classes empty to evaluate on "
+        "the target's classes")
+  out = ml_collections.ConfigDict(dataset_cfg.to_dict())
+  out.classes = wanted or recorded
+  return out
 
 
 def _variables(restored) -> dict[str, Any]:
@@ -196,18 +288,23 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
   first_k = None if include else int(config.first_k)
   loaded = {k: checkpoint.load(p) for k, p in paths.items()}
   target = checkpoint.load(target_path)
-  spec = loaded["theta_pre"]["meta"]["model"]
-  for key, restored in loaded.items():
-    trees.check_compatible(loaded["theta_pre"]["params"], restored["params"],
-                           f"theta_pre and {key}")
-  ds = config.dataset
-  split = data.load_split(ds.name, ds.get("split", "test"), source=ds.source,
-                          data_dir=ds.get("data_dir") or None)
+  # The fine-tuned models must match each other; theta_pre only in the
+  # kept layers (checked by extract), as its head may have another class
+  # count (a start trained on other labels).
+  spec = loaded["clean"]["meta"]["model"]
+  for key in robust_paths:
+    trees.check_compatible(loaded["clean"]["params"], loaded[key]["params"],
+                           f"the clean model and {key}")
+  ds = target_dataset(config.dataset, target["meta"])
+  split = data.sources.subset_from_config(data.load_split(
+      ds.name, ds.get("split", "test"), source=ds.source,
+      data_dir=ds.get("data_dir") or None), ds)
   target_spec = target["meta"]["model"]
   if split.num_classes != target_spec["num_classes"]:
     raise ConfigError(f"the target model has {target_spec['num_classes']} "
-                      f"classes but dataset '{ds.name}' has "
-                      f"{split.num_classes}; evaluate on the target's dataset")
+                      f"classes but dataset '{ds.name}' (classes "
+                      f"'{ds.classes or 'all'}') has {split.num_classes}; "
+                      "set --config.dataset.classes to the target's classes")
   n = int(config.eval.num_examples) or len(split)
   if not 0 < n <= len(split):
     raise ConfigError(f"eval.num_examples={n} but the split holds "
@@ -234,7 +331,7 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.get("num_devices") or None)
   stats_fn = interpolate.flax_stats_fn(target_model.apply)
   has_bn = bool(jax.tree.leaves(target["batch_stats"]))
-  bn_batches = _bn_batches(config, mesh) if (
+  bn_batches = _bn_batches(config, ds, mesh) if (
       has_bn and bn_mode == "recompute") else None
   robust_vars = [_variables(loaded[c]) for c in names]
 
@@ -259,6 +356,8 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
       "layers": sigs[names[0]].paths, "batch_stats": bn_mode,
       "coefficients": "linear (the reference squares its weight; see "
                       "docs/rws.md)", "num_examples": n,
+      "classes": list(data.parse_classes(ds.classes, data.DATASETS[
+          ds.name].num_classes) or range(split.num_classes)),
       "signature_files": files}
   profiles = {c: analysis.depth_profile(loaded["clean"]["params"],
                                         loaded[c]["params"], order)

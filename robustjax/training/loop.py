@@ -55,8 +55,12 @@ def load_data(config: Any):
   """(train, validation or None, test) splits named by ``config.dataset``."""
   ds = config.dataset
   kwargs = dict(source=ds.source, data_dir=ds.get("data_dir") or None)
-  train = data.load_split(ds.name, "train", **kwargs)
-  test = data.load_split(ds.name, "test", **kwargs)
+  # dataset.classes: only those classes, relabelled 0..K-1 (before the
+  # validation holdout, so validation holds the same classes).
+  train = data.sources.subset_from_config(
+      data.load_split(ds.name, "train", **kwargs), ds)
+  test = data.sources.subset_from_config(
+      data.load_split(ds.name, "test", **kwargs), ds)
   val = None
   if int(ds.get("val_size", 0)) > 0:
     train, val = data.holdout_split(train, int(ds.val_size),
