@@ -43,7 +43,8 @@ def checkpoint_task(task: str, best: bool = False
 
   ``checkpoint_path`` (a workdir or step folder, set on the command line),
   ``step`` (0 = newest), ``best``, the test split of the embedded CIFAR-10,
-  ``seed`` and ``num_devices`` (0 = all).
+  ``seed`` and ``num_devices`` (0 = all). ``dataset.classes`` "" means the
+  classes the checkpoint was trained on (all, or its ``dataset.classes``).
   """
   c = ml_collections.ConfigDict()
   c.task = task
@@ -53,7 +54,7 @@ def checkpoint_task(task: str, best: bool = False
   c.step = 0
   c.best = best
   c.dataset = dict(name="cifar10", source="embedded", data_dir="",
-                   split="test")
+                   split="test", classes="")
   return c
 
 

@@ -179,6 +179,13 @@ def _checkpoint_and_split(config: Any, num_examples: int):
   ds = config.dataset
   split = data.load_split(ds.name, ds.get("split", "test"), source=ds.source,
                           data_dir=ds.get("data_dir") or None)
+  # A model trained on a class subset (dataset.classes, e.g. RWS transfer's
+  # "5-9") is evaluated on the classes it was trained on, relabelled the same
+  # way, unless the config names classes itself.
+  trained = restored["meta"].get("dataset", {})
+  classes = ds.get("classes", "") or (
+      trained.get("classes", "") if trained.get("name") == ds.name else "")
+  split = data.sources.subset_from_config(split, {"classes": classes})
   if split.num_classes != spec["num_classes"]:
     raise ConfigError(
         f"the checkpoint's model has {spec['num_classes']} classes but "

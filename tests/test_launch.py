@@ -100,6 +100,22 @@ def test_evaluate_task_matches_training_report(trained_workdir, tmp_path):
   assert os.path.exists(tmp_path / "eval" / "report.json")
 
 
+def test_evaluate_uses_the_class_subset_the_model_was_trained_on(tmp_path):
+  train = _smoke("standard")
+  train.dataset.classes = "3-5"
+  workdir = str(tmp_path / "subset")
+  train_report = tasks.run(train, workdir)
+  assert checkpoint.load(workdir)["meta"]["model"]["num_classes"] == 3
+  config = evaluate_config.get_config("steps=3,n=64")
+  config.checkpoint_path = workdir
+  config.eval.batch_size = 32
+  report = tasks.run(config, str(tmp_path / "eval"))
+  # The same 64 points of classes 3-5 (relabelled 0-2) as the loop's final
+  # evaluation, so the same accuracies.
+  assert report["clean_acc"] == train_report["test_clean_acc"]
+  assert report["adv_acc"] == train_report["test_adv_acc"]
+
+
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
   config = evaluate_config.get_config("smoke")
   config.checkpoint_path = str(tmp_path / "empty")
