@@ -21,7 +21,17 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder: checkpoints, metrics.jsonl, report.json.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host "
-    "runs on TPU pods / GPU clusters; it auto-detects the cluster).")
+    "runs on TPU pods / GPU clusters). Without the three flags below it "
+    "auto-detects the cluster (Cloud TPU, Slurm, Open MPI, Kubernetes).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: host:port of process "
+    "0's coordinator service, e.g. localhost:12345 (default: auto-detect).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed: how many processes take part "
+    "(default: auto-detect).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index in "
+    "[0, num_processes) (default: auto-detect).")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0, "Split the host CPU into this many JAX devices and shard "
     "each batch over them (data parallelism across cores; on a CPU-only "
@@ -37,7 +47,11 @@ def main(argv: list[str]) -> None:
   if _CPU_DEVICES.value > 0:  # must precede any use of a device
     jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    # CPU processes exchange collectives over gloo, jax 0.10's default
+    # (jax_cpu_collectives_implementation), so nothing to set for CPU runs.
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
   from robustjax import console, tasks
   from robustjax.errors import ConfigError
   console.quiet_third_party_info()

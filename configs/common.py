@@ -96,8 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
                       async_save=True)
   # How the training state is laid out over the devices (robustjax/sharding.py):
   # dp = replicated parameters; fsdp = parameters and optimizer state split
-  # over the data axis (ZeRO-3), for models too large to replicate.
-  c.sharding = dict(strategy="dp")
+  # over the data axis (ZeRO-3), for models too large to replicate; fsdp
+  # leaves under min_size elements stay replicated.
+  c.sharding = dict(strategy="dp", min_size=2 ** 14)
   return c
 
 

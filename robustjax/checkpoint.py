@@ -8,7 +8,9 @@ Layout of a workdir::
 
 Saves are asynchronous and atomic (orbax writes to a temporary folder and
 renames it), so a run killed at any moment leaves only complete checkpoints
-and resumes from the newest one.
+and resumes from the newest one. In a multi-process run every process calls
+``save`` and ``restore`` (each writes and reads its own shards of the arrays);
+orbax writes the JSON ``meta`` and commits the folder from process 0 only.
 
 In a notebook::
 
@@ -60,7 +62,13 @@ class Checkpointer:
         keep_checkpoints_without_metrics=False if best_fn else True,
         enable_async_checkpointing=async_save,
         # A kill during a save leaves a temporary folder: drop it on start.
-        cleanup_tmp_directories=True, create=True)
+        cleanup_tmp_directories=True, create=True,
+        # Multi-process runs: orbax names its cross-process barriers by
+        # step, so the latest and the best manager saving the same step
+        # would collide ("barrier ... is already ongoing") without a
+        # per-folder prefix.
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=os.path.basename(self.directory)))
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=(STATE, META))
 
@@ -137,6 +145,20 @@ def read_meta(path: str, step: int | None = None, *, best: bool = False
       os.path.join(folder, META))
 
 
+def _restore_numpy(item_dir: str) -> Any:
+  """The arrays saved under ``item_dir`` as numpy, on any machine.
+
+  Restoring as ``np.ndarray`` ignores the saved shardings, so a checkpoint
+  written by 4 devices or by several processes (device ids this process does
+  not have) opens in a one-device notebook.
+  """
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(item_dir).item_metadata.tree
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(item_dir,
+                              args=ocp.args.PyTreeRestore(restore_args=args))
+
+
 def load(path: str, step: int | None = None, *, best: bool = False,
          with_opt_state: bool = False) -> dict[str, Any]:
   """Loads a checkpoint as plain numpy pytrees, for notebooks and tools.
@@ -154,8 +176,7 @@ def load(path: str, step: int | None = None, *, best: bool = False,
     of shape [3, 3, 3, C]).
   """
   folder = resolve(path, step, best=best)
-  restored = ocp.StandardCheckpointer().restore(os.path.join(folder, STATE))
-  restored = jax.tree.map(np.asarray, restored)
+  restored = _restore_numpy(os.path.join(folder, STATE))
   out = {"params": restored["params"],
          "batch_stats": restored.get("batch_stats", {}),
          "step": int(restored["step"]),

@@ -170,8 +170,27 @@ def _identity(tree: Any) -> Any:
 
 
 def put_replicated(tree, mesh: Mesh):
-  """Places a host pytree on every device of ``mesh``."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a pytree on every device of ``mesh`` (all processes' devices).
+
+  Every process must pass the same values. With one process this is
+  ``jax.device_put``. With several, ``device_put`` only accepts host data
+  (numpy) for a sharding spanning other processes' devices, so each leaf goes
+  through numpy first (typed PRNG keys via their raw ``key_data``), and
+  arrays that already span several processes are resharded by ``gather``.
+  """
+  target = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, target)
+
+  def put(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x if x.sharding.is_equivalent_to(target, x.ndim) else gather(
+          x, mesh)
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    return jax.device_put(np.asarray(x), target)
+  return jax.tree.map(put, tree)
 
 
 def put_global_batch(local_batch, mesh: Mesh):

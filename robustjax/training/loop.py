@@ -151,7 +151,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   # The state's shardings (sharding.strategy) come from its shapes alone, so
   # the state is created, restored and updated directly in its sharded form.
   abstract = jax.eval_shape(init, init_key)
-  state_sharding = sharding.state_shardings(abstract, mesh, _strategy(config))
+  state_sharding = sharding.state_shardings(
+      abstract, mesh, _strategy(config), min_size=int(config.get(
+          "sharding", {}).get("min_size", sharding.FSDP_MIN_SIZE)))
   fsdp = _strategy(config) == "fsdp"
   init_fn = jax.jit(init, out_shardings=state_sharding)
   ckpt_cfg = config.checkpoint
