@@ -152,8 +152,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   # the state is created, restored and updated directly in its sharded form.
   abstract = jax.eval_shape(init, init_key)
   state_sharding = sharding.state_shardings(
-      abstract, mesh, _strategy(config), min_size=int(config.get(
-          "sharding", {}).get("min_size", sharding.FSDP_MIN_SIZE)))
+      abstract, mesh, _strategy(config), min_size=_fsdp_min_size(config))
   fsdp = _strategy(config) == "fsdp"
   init_fn = jax.jit(init, out_shardings=state_sharding)
   ckpt_cfg = config.checkpoint
@@ -254,6 +253,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 def _strategy(config: Any) -> str:
   """``config.sharding.strategy`` (``dp`` when the config has no block)."""
   return str(config.get("sharding", {}).get("strategy", "dp"))
+
+
+def _fsdp_min_size(config: Any) -> int:
+  """``config.sharding.min_size``: smaller fsdp leaves stay replicated."""
+  return int(config.get("sharding", {}).get("min_size",
+                                             sharding.FSDP_MIN_SIZE))
 
 
 def _eval_variables(state: step_lib.TrainState, mesh, fsdp: bool
