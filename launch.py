@@ -37,6 +37,10 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "each batch over them (data parallelism across cores; on a CPU-only "
     "machine one device per core is usually fastest for CIFAR-sized models). "
     "0 keeps JAX's default of one CPU device. No effect on GPU/TPU devices.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None, "Folder of JAX's persistent compilation cache: "
+    "programs compiled by an earlier run are read back instead of compiled "
+    "again (default ~/.cache/robustjax/xla; '' turns it off).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -52,10 +56,19 @@ def main(argv: list[str]) -> None:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  from robustjax import console, tasks
+  from robustjax import compile_cache, console, tasks
   from robustjax.errors import ConfigError
   console.quiet_third_party_info()
   try:
+    if _COMPILATION_CACHE.value != "":
+      try:
+        compile_cache.enable(_COMPILATION_CACHE.value
+                             or compile_cache.DEFAULT_DIR)
+      except OSError as err:
+        raise ConfigError(
+            f"cannot use --compilation_cache={_COMPILATION_CACHE.value}: "
+            f"{err.strerror}; pick a writable folder or pass "
+            "--compilation_cache=''") from err
     try:
       config = _CONFIG.value
       config.get("task")  # the config file loads lazily: fail here, clearly

@@ -142,6 +142,9 @@ def _launch(*args, cwd=ROOT):
     (["--config=configs/quickstart.py:smoke", "--config.model.name=vit9"],
      "unknown model 'vit9'"),
     (["--config=configs/missing.py"], "cannot load the config file"),
+    (["--config=configs/quickstart.py:smoke",
+      "--compilation_cache=/proc/no_such_dir"],
+     "cannot use --compilation_cache=/proc/no_such_dir"),
 ])
 def test_launch_bad_input_is_one_line_and_nonzero(args, message, tmp_path):
   workdir = str(tmp_path / "run")
@@ -158,9 +161,12 @@ def test_launch_smoke_run_on_two_cpu_devices(tmp_path):
   """The README's command shape, end to end through the CLI: the host split
   into 2 CPU devices, a report and a loadable checkpoint at the end."""
   workdir = tmp_path / "run"
+  cache = tmp_path / "xla_cache"
   result = _launch("--config=configs/quickstart.py:smoke", "--cpu_devices=2",
-                   "--config.progress_bar=false", f"--workdir={workdir}")
+                   "--config.progress_bar=false", f"--workdir={workdir}",
+                   f"--compilation_cache={cache}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "report:" in result.stdout and "test_adv_acc" in result.stdout
+  assert any(cache.iterdir())  # the compiled steps were cached
   assert (workdir / "report.json").exists()
   assert checkpoint.load(str(workdir))["step"] == 6
