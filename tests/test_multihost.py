@@ -3,8 +3,8 @@ processes on localhost (2 CPU devices each, gloo collectives) train the
 quickstart smoke config with fsdp-sharded parameters, checkpoint, resume, and
 match a single-process 4-device dp run of the same config.
 
-Slow (about 2 minutes on 2 shared cores: three launches of 30-50 s each), so
-it runs with ``make test-slow``.
+Slow (53-98 s measured on 2 shared cores: three launches, two of them
+2-process jobs), so it runs with ``make test-slow``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import chex
 import jax
@@ -38,11 +39,25 @@ def _free_port() -> int:
 
 
 def _launch(workdir: str, extra: list[str]) -> subprocess.Popen:
+  """Starts launch.py; its output goes to a temporary file, not a pipe: an
+  unread full pipe would stall one process and, through the collectives,
+  the other."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.Popen(
+  log = tempfile.TemporaryFile("w+")
+  proc = subprocess.Popen(
       [sys.executable, "launch.py", *ARGS, f"--workdir={workdir}", *extra],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True)
+      cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+  proc.log = log
+  return proc
+
+
+def _finish(proc: subprocess.Popen) -> str:
+  """Waits for ``proc`` and returns its output."""
+  proc.wait(timeout=TIMEOUT_S)
+  proc.log.seek(0)
+  out = proc.log.read()
+  proc.log.close()
+  return out
 
 
 def _run_two_processes(workdir: str) -> list[str]:
@@ -55,7 +70,7 @@ def _run_two_processes(workdir: str) -> list[str]:
   logs = []
   try:
     for proc in procs:
-      logs.append(proc.communicate(timeout=TIMEOUT_S)[0])
+      logs.append(_finish(proc))
   finally:
     for proc in procs:  # a failed peer must not leave the other waiting
       if proc.poll() is None:
@@ -80,7 +95,7 @@ def test_two_processes_train_checkpoint_resume_like_one(tmp_path):
   # order make_array_from_process_local_data lays the halves on the mesh.
   reference = _launch(single, ["--cpu_devices=4"])
   logs = _run_two_processes(multi)
-  out = reference.communicate(timeout=TIMEOUT_S)[0]
+  out = _finish(reference)
   assert reference.returncode == 0, out[-3000:]
 
   for log in logs:  # both processes ran to the end and agree
