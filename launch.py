@@ -47,15 +47,21 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cluster = {"coordinator_address": _COORDINATOR.value,
+             "num_processes": _NUM_PROCESSES.value,
+             "process_id": _PROCESS_ID.value}
+  given = [f"--{k}" for k, v in cluster.items() if v is not None]
+  if given and not _DISTRIBUTED.value:
+    print(f"error: {', '.join(given)} only apply with --distributed; add "
+          "--distributed or drop them", file=sys.stderr)
+    sys.exit(2)
   import jax
   if _CPU_DEVICES.value > 0:  # must precede any use of a device
     jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
   if _DISTRIBUTED.value:
     # CPU processes exchange collectives over gloo, jax 0.10's default
     # (jax_cpu_collectives_implementation), so nothing to set for CPU runs.
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(**cluster)
   from robustjax import compile_cache, console, tasks
   from robustjax.errors import ConfigError
   console.quiet_third_party_info()

@@ -145,6 +145,8 @@ def _launch(*args, cwd=ROOT):
     (["--config=configs/quickstart.py:smoke",
       "--compilation_cache=/proc/no_such_dir"],
      "cannot use --compilation_cache=/proc/no_such_dir"),
+    (["--config=configs/quickstart.py:smoke", "--num_processes=2"],
+     "--num_processes only apply with --distributed"),
 ])
 def test_launch_bad_input_is_one_line_and_nonzero(args, message, tmp_path):
   workdir = str(tmp_path / "run")
