@@ -269,6 +269,10 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   if args.cpu_dry_run:
     os.environ["JAX_PLATFORMS"] = "cpu"
+  # JAX would otherwise reserve 75% of the GPU at start-up, leaving PyTorch
+  # (same process, same GPU) a quarter, and its peak-memory figure would be
+  # the reservation, not the step's use.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   sys.path.insert(0, str(ROOT))
   import jax
   if args.cache_dir:
