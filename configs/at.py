@@ -12,8 +12,8 @@ Other arg keys: ``model=NAME``, ``width=W``, ``dataset=cifar10|cifar100|svhn``
 (``source=tfds`` for anything but the embedded CIFAR-10), ``dtype=bfloat16``
 (mixed precision for the training step, attack included; parameters,
 optimizer state and loss stay float32, and evaluation stays float32 unless
-``--config.eval.dtype=bfloat16``; a GPU/TPU option: on this repository's
-2-core CPU bfloat16 is slower, see README "Mixed precision").
+``--config.eval.dtype=bfloat16``; a GPU/TPU option: on a CPU it is hardly
+faster, see README "Mixed precision").
 
 The full recipes are GPU/TPU jobs (110 epochs of PGD-10 on a ResNet-18 is
 about 2e17 FLOP). Expected results on real CIFAR-10 (papers / reference code,

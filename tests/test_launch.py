@@ -87,15 +87,21 @@ def test_workdir_of_another_model_is_refused(trained_workdir):
   assert _listing(workdir) == before
 
 
-def test_evaluate_task_matches_training_report(trained_workdir, tmp_path):
-  workdir, train_report = trained_workdir
+def _evaluate_like_final_eval(workdir, train_report, out_dir):
+  """The evaluate task on the loop's final-evaluation points and attack
+  (smoke: first 64 test points, PGD-3); asserts the same accuracies."""
   config = evaluate_config.get_config("steps=3,n=64")
   config.checkpoint_path = workdir
   config.eval.batch_size = 32
-  report = tasks.run(config, str(tmp_path / "eval"))
-  # Same checkpoint, points, attack and seed as the loop's final evaluation.
+  report = tasks.run(config, str(out_dir))
   assert report["clean_acc"] == train_report["test_clean_acc"]
   assert report["adv_acc"] == train_report["test_adv_acc"]
+  return report
+
+
+def test_evaluate_task_matches_training_report(trained_workdir, tmp_path):
+  workdir, train_report = trained_workdir
+  report = _evaluate_like_final_eval(workdir, train_report, tmp_path / "eval")
   assert report["attack"] == "pgd3" and report["num_examples"] == 64
   assert os.path.exists(tmp_path / "eval" / "report.json")
 
@@ -106,14 +112,9 @@ def test_evaluate_uses_the_class_subset_the_model_was_trained_on(tmp_path):
   workdir = str(tmp_path / "subset")
   train_report = tasks.run(train, workdir)
   assert checkpoint.load(workdir)["meta"]["model"]["num_classes"] == 3
-  config = evaluate_config.get_config("steps=3,n=64")
-  config.checkpoint_path = workdir
-  config.eval.batch_size = 32
-  report = tasks.run(config, str(tmp_path / "eval"))
   # The same 64 points of classes 3-5 (relabelled 0-2) as the loop's final
-  # evaluation, so the same accuracies.
-  assert report["clean_acc"] == train_report["test_clean_acc"]
-  assert report["adv_acc"] == train_report["test_adv_acc"]
+  # evaluation: without the checkpoint's classes it would refuse to run.
+  _evaluate_like_final_eval(workdir, train_report, tmp_path / "eval")
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(tmp_path):
