@@ -14,7 +14,6 @@ Writes benchmarks/results/compile_cache.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results_io import utc_now, write_json  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,11 +74,9 @@ def main() -> None:
     print(f"{name}: cold {cold['process_s']} s, warm {warm['process_s']} s "
           f"(report wall_time_s {cold['report_wall_time_s']} -> "
           f"{warm['report_wall_time_s']})")
-  out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec="seconds"), "load_average": os.getloadavg(),
+  out = {"date": utc_now(), "load_average": os.getloadavg(),
          "results": results}
-  Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-  print(f"wrote {args.out}")
+  write_json(args.out, out)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ Writes benchmarks/results/conv_layers.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import statistics
 import time
 from pathlib import Path
+
+from results_io import utc_now, write_json  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ((16, 32), (32, 16), (64, 8), (128, 4))  # (channels, map size)
@@ -112,12 +112,10 @@ def main() -> None:
         + f"  (XLA NHWC / best PyTorch: "
         f"{ms['xla_nhwc'] / min(ms['torch_channels_last'], ms['torch_nchw']):.2f}x"
         " the time)")
-  out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec="seconds"), "load_average": os.getloadavg(),
+  out = {"date": utc_now(), "load_average": os.getloadavg(),
          "batch": args.batch, "layers": LAYERS, "threads": args.threads,
          "reps": args.reps, "rows": rows}
-  Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-  print(f"wrote {args.out}")
+  write_json(args.out, out)
 
 
 if __name__ == "__main__":

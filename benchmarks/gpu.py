@@ -29,7 +29,6 @@ batch 4, PGD-2) to prove the code path end to end; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -37,6 +36,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+from results_io import utc_now, write_json  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -319,8 +320,7 @@ def main(argv=None) -> None:
   print()
   print(table)
   report = {
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec="seconds"),
+      "date": utc_now(),
       "command": " ".join([Path(sys.executable).name] + sys.argv),
       "cpu_dry_run": args.cpu_dry_run, "device_kind": kind,
       "platform": platform.platform(), "jax": jax.__version__,
@@ -331,10 +331,7 @@ def main(argv=None) -> None:
                  "torch": "eager, torch.autocast(bfloat16), channels_last, "
                           "cudnn.benchmark"},
       "results": rows, "table_markdown": table}
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(report, indent=1) + "\n")
-  print(f"wrote {out}")
+  write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ Writes benchmarks/results/precision.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import statistics
 import time
@@ -27,6 +25,8 @@ import ml_collections
 
 from robustjax import data, models, sharding
 from robustjax.training import objectives, optimizer, step as step_lib
+
+from results_io import utc_now, write_json  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 DTYPES = ("float32", "bfloat16")
@@ -72,13 +72,11 @@ def main() -> None:
   print(f"PGD-10 AT step, ResNet-18 width {args.width}, batch {args.batch}, "
         f"{jax.devices()[0].platform}: float32 {medians['float32']:.3f} s, "
         f"bfloat16 {medians['bfloat16']:.3f} s (bfloat16 {speedup:.2f}x)")
-  out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec="seconds"), "load_average": os.getloadavg(),
+  out = {"date": utc_now(), "load_average": os.getloadavg(),
          "platform": jax.devices()[0].platform, "width": args.width,
          "batch": args.batch, "seconds_per_step": times,
          "median_s": medians, "bfloat16_speedup": speedup}
-  Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-  print(f"wrote {args.out}")
+  write_json(args.out, out)
 
 
 if __name__ == "__main__":

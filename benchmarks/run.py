@@ -50,7 +50,6 @@ Writes benchmarks/results/harness.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
@@ -60,6 +59,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from results_io import utc_now, write_json  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -210,8 +211,7 @@ def machine_info(threads: int, affinity: list[int]) -> dict:
   except (OSError, subprocess.SubprocessError):
     commit = None
   return {
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec="seconds"),
+      "date": utc_now(),
       "command": " ".join([Path(sys.executable).name] + sys.argv),
       "git_commit": commit,
       "platform": platform.platform(),
@@ -1117,10 +1117,7 @@ def main(argv=None) -> None:
     seen.add(r["workload"])
     detail = ", ".join(f"{k} {v:.1f}" for k, v in r["images_per_s"].items())
     print(f"  {r['workload']} images/s by variant: {detail}")
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(report, indent=1) + "\n")
-  print(f"wrote {out}")
+  write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -203,6 +203,14 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
   return x_adv.detach()
 
 
+def sgd(model: nn.Module, lr: float, momentum: float,
+        weight_decay: float) -> torch.optim.SGD:
+  """torch.optim.SGD as robustjax's optimizer: momentum, coupled weight
+  decay on every parameter (the step twins all train with it)."""
+  return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                         weight_decay=weight_decay)
+
+
 class PGDATStep:
   """One Madry PGD-AT step: eval-mode PGD, then a train-mode SGD step."""
 
@@ -212,8 +220,7 @@ class PGDATStep:
     self.model = model
     self.eps, self.step_size, self.steps = eps, step_size, steps
     self.channels_last = channels_last
-    self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                               weight_decay=weight_decay)
+    self.opt = sgd(model, lr, momentum, weight_decay)
 
   def __call__(self, images: torch.Tensor, labels: torch.Tensor
                ) -> dict[str, float]:
@@ -266,8 +273,7 @@ class StandardStep:
                channels_last: bool = False):
     self.model = model
     self.channels_last = channels_last
-    self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                               weight_decay=weight_decay)
+    self.opt = sgd(model, lr, momentum, weight_decay)
 
   def __call__(self, images: torch.Tensor, labels: torch.Tensor
                ) -> dict[str, torch.Tensor]:
@@ -334,8 +340,7 @@ class TRADESStep:
     self.model = model
     self.eps, self.step_size, self.steps, self.beta = eps, step_size, steps, beta
     self.channels_last = channels_last
-    self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                               weight_decay=weight_decay)
+    self.opt = sgd(model, lr, momentum, weight_decay)
 
   def __call__(self, images: torch.Tensor, labels: torch.Tensor
                ) -> dict[str, torch.Tensor]:
@@ -481,8 +486,7 @@ class AMPPGDATStep:
     self.model = model
     self.eps, self.step_size, self.steps = eps, step_size, steps
     self.autocast = lambda: torch.autocast(device_type, dtype=dtype)  # noqa: E731
-    self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                               weight_decay=weight_decay)
+    self.opt = sgd(model, lr, momentum, weight_decay)
 
   def __call__(self, images: torch.Tensor, labels: torch.Tensor
                ) -> dict[str, torch.Tensor]:
