@@ -97,6 +97,13 @@ def _plt():
   return plt
 
 
+
+def _save(fig, path: str) -> None:
+  """Writes ``fig`` to ``path`` (PNG, 120 dpi) and frees it."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  _plt().close(fig)
+
 def plot_depth_profile(profiles: Mapping[str, Mapping[str, Mapping[str,
                                                                    float]]],
                        path: str, kept: int | None = None) -> None:
@@ -118,9 +125,7 @@ def plot_depth_profile(profiles: Mapping[str, Mapping[str, Mapping[str,
   ax.set_title("robust minus clean, per layer (input -> output)")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_similarity(matrix: np.ndarray, names: Sequence[str],
@@ -139,9 +144,7 @@ def plot_similarity(matrix: np.ndarray, names: Sequence[str],
               fontsize=7)
   fig.colorbar(im, ax=ax)
   ax.set_title("cosine similarity of signatures")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_scaling(curves: Mapping[str, Sequence[Mapping[str, float]]],
@@ -161,6 +164,4 @@ def plot_scaling(curves: Mapping[str, Sequence[Mapping[str, float]]],
   ax.set_ylabel("accuracy (%)  solid: corrupted, dashed: clean")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
