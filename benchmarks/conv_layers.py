@@ -11,8 +11,14 @@ and the gradient of their summed output with respect to the four kernels
 Interleaved repetitions, medians. This isolates the kernels that decide the
 standard training step's ratio in ``run.py`` (see benchmarks/README.md).
 
+XLA runs the convolutions with its own kernels, as launch.py does (see
+robustjax/xla_cpu.py); ``--ynnpack-convolutions`` measures XLA's default,
+YNNPACK, instead.
+
 Usage:
   .venv/bin/python benchmarks/conv_layers.py [--reps=7 --threads=2]
+  .venv/bin/python benchmarks/conv_layers.py --ynnpack-convolutions \
+      --out=benchmarks/results/conv_layers_ynnpack.json
 Writes benchmarks/results/conv_layers.json.
 """
 
@@ -81,9 +87,17 @@ def main() -> None:
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--reps", type=int, default=7)
   p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--ynnpack-convolutions", action="store_true",
+                 help="XLA:CPU's default kernels (YNNPACK) instead of "
+                      "robustjax's choice")
   p.add_argument("--out", default=str(ROOT / "benchmarks/results/"
                                       "conv_layers.json"))
   args = p.parse_args()
+  if not args.ynnpack_convolutions:
+    import sys
+    sys.path.insert(0, str(ROOT))
+    from robustjax import xla_cpu
+    xla_cpu.use_xla_convolutions()
   # XLA:CPU sizes its thread pool from the affinity mask (see run.py).
   os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
   os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -114,6 +128,9 @@ def main() -> None:
         " the time)")
   out = {"date": utc_now(), "load_average": os.getloadavg(),
          "batch": args.batch, "layers": LAYERS, "threads": args.threads,
+         "xla_convolutions": ("ynnpack" if args.ynnpack_convolutions
+                              else "xla"),
+         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
          "reps": args.reps, "rows": rows}
   write_json(args.out, out)
 

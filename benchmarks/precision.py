@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from robustjax import data, models, sharding
+from robustjax import data, models, sharding, xla_cpu
 from robustjax.training import objectives, optimizer, step as step_lib
 
 from results_io import utc_now, write_json  # benchmarks/ is on sys.path when run as a script
@@ -53,6 +53,7 @@ def main() -> None:
   p.add_argument("--out", default=str(ROOT / "benchmarks/results/"
                                       "precision.json"))
   args = p.parse_args()
+  xla_cpu.use_xla_convolutions()  # as launch.py does
   test = data.load_split("cifar10", "test")
   batch = {"image": test.images[:args.batch], "label": test.labels[:args.batch]}
   key = jax.random.key(1)
@@ -74,7 +75,8 @@ def main() -> None:
         f"bfloat16 {medians['bfloat16']:.3f} s (bfloat16 {speedup:.2f}x)")
   out = {"date": utc_now(), "load_average": os.getloadavg(),
          "platform": jax.devices()[0].platform, "width": args.width,
-         "batch": args.batch, "seconds_per_step": times,
+         "batch": args.batch, "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+         "seconds_per_step": times,
          "median_s": medians, "bfloat16_speedup": speedup}
   write_json(args.out, out)
 

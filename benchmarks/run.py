@@ -127,6 +127,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "off, so the compile column is a cold compile); a "
                       "rerun with the same directory loads the compiled "
                       "steps instead of compiling them")
+  p.add_argument("--ynnpack-convolutions", action="store_true",
+                 help="let XLA:CPU run convolutions with YNNPACK (XLA's "
+                      "default) instead of its own kernels (robustjax's "
+                      "default, robustjax/xla_cpu.py), as launch.py's "
+                      "--ynnpack_convolutions does")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=str(HERE / "results" / "harness.json"),
                  help="JSON output path")
@@ -999,6 +1004,9 @@ def main(argv=None) -> None:
     torch_memory_probe(args)
     return
   import jax
+  if not args.ynnpack_convolutions:  # what launch.py runs with
+    from robustjax import xla_cpu
+    xla_cpu.use_xla_convolutions()
   jax_devices = threads if args.jax_devices is None else args.jax_devices
   # Before any device is touched: extra CPU devices for the data-parallel
   # variant (the single-device variant uses only the first).
