@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--threads", type=int, default=None)
   p.add_argument("--jax-devices", type=int, default=None,
                  help="CPU devices the JAX batch is split over (= threads)")
+  p.add_argument("--ynnpack-convolutions", action="store_true",
+                 help="XLA:CPU's default convolution kernels (YNNPACK) "
+                      "instead of the ones launch.py runs with")
   p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" /
                                       "autoattack.json"))
   return p.parse_args(argv)
@@ -66,6 +69,9 @@ def main(argv=None) -> None:
   threads, affinity = limit_threads(args.threads)
   devices = args.jax_devices or threads
   import jax
+  if not args.ynnpack_convolutions:  # what launch.py runs with
+    from robustjax import xla_cpu
+    xla_cpu.use_xla_convolutions()
   jax.config.update("jax_num_cpu_devices", devices)
   import numpy as np
   import torch
