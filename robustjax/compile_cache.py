@@ -15,6 +15,7 @@ entry is never used for a different program or machine.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import jax
@@ -42,5 +43,10 @@ def enable(directory: str = DEFAULT_DIR, *,
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs",
                     float(min_compile_time_s))
+  # jax evicts under a file lock from the `filelock` package, which it does
+  # not declare (requirements.txt pins it). Without it a size limit makes
+  # every cache read and write fail, so the cache then grows unbounded (-1).
+  if importlib.util.find_spec("filelock") is None:
+    max_size_bytes = -1
   jax.config.update("jax_compilation_cache_max_size", int(max_size_bytes))
   return directory

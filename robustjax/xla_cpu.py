@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import os
 
+import jaxlib
 from jax._src import xla_bridge
 
 _FUSION_TYPES = "--xla_cpu_experimental_ynn_fusion_type"
 # "-x" removes x from XLA's default list and keeps the rest (YNNPACK dots).
 NO_YNNPACK_CONVOLUTIONS = f"{_FUSION_TYPES}=-individual_convolution"
+# The flag is experimental, and XLA aborts the process on an XLA_FLAGS entry
+# it does not know, so it is only set for the jaxlib releases where it was
+# measured (requirements.txt pins one of them).
+MEASURED_JAXLIB = ("0.10.",)
 
 
 def use_xla_convolutions() -> bool:
@@ -33,14 +38,17 @@ def use_xla_convolutions() -> bool:
   fusion types already in ``XLA_FLAGS`` is the user's and is kept.
 
   Returns:
-    True if the flag was added, False if ``XLA_FLAGS`` already chose.
+    True if the flag was added; False if ``XLA_FLAGS`` already chose, or if
+    this jaxlib is not one of ``MEASURED_JAXLIB`` (then XLA keeps its
+    defaults).
 
   Raises:
     RuntimeError: the backends have already started, so the flag could not
       take effect.
   """
   flags = os.environ.get("XLA_FLAGS", "")
-  if _FUSION_TYPES in flags:
+  if (_FUSION_TYPES in flags
+      or not jaxlib.__version__.startswith(MEASURED_JAXLIB)):
     return False
   if xla_bridge.backends_are_initialized():
     raise RuntimeError(

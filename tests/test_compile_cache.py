@@ -6,12 +6,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Compiles one small ResNet input-gradient program (an attack's inner step)
 # and reports the cache events JAX emitted while doing so.
 _PROGRAM = r"""
 import json, sys
+if sys.argv[2] == "no-filelock":  # as if the package were not installed
+  sys.modules["filelock"] = None
 import jax, jax.numpy as jnp
 from robustjax import compile_cache, models
 compile_cache.enable(sys.argv[1], min_compile_time_s=0.0)
@@ -27,17 +31,18 @@ print(json.dumps(sorted(set(e.rsplit("/", 1)[-1] for e in events
 """
 
 
-def _run(cache_dir: str) -> list[str]:
-  out = subprocess.run([sys.executable, "-c", _PROGRAM, cache_dir],
+def _run(cache_dir: str, filelock: str = "filelock") -> list[str]:
+  out = subprocess.run([sys.executable, "-c", _PROGRAM, cache_dir, filelock],
                        capture_output=True, text=True, cwd=ROOT, check=True,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_second_process_hits_the_cache(tmp_path):
+@pytest.mark.parametrize("filelock", ["filelock", "no-filelock"])
+def test_second_process_hits_the_cache(tmp_path, filelock):
   cache_dir = str(tmp_path / "xla")
-  first = _run(cache_dir)
+  first = _run(cache_dir, filelock)
   assert "cache_misses" in first and "cache_hits" not in first
   assert os.listdir(cache_dir)  # entries written
-  second = _run(cache_dir)
+  second = _run(cache_dir, filelock)
   assert "cache_hits" in second and "cache_misses" not in second

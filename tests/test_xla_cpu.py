@@ -87,6 +87,14 @@ def test_users_choice_in_xla_flags_is_kept():
   assert out["ynn_convs"] == 0  # the user's list has no convolutions either
 
 
+def test_other_jaxlib_keeps_xla_defaults(monkeypatch):
+  # An unknown XLA_FLAGS entry would abort a future jaxlib: not set there.
+  monkeypatch.setattr(xla_cpu.jaxlib, "__version__", "0.11.0")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+  assert xla_cpu.use_xla_convolutions() is False
+  assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+
+
 def test_too_late_is_an_error(monkeypatch):
   jax.devices()  # this test process's backends are up
   monkeypatch.setenv("XLA_FLAGS", "")
