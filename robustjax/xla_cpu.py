@@ -2,9 +2,9 @@
 
 jax 0.10's XLA:CPU hands every convolution to YNNPACK by default (a
 ``__ynn_fusion`` per convolution). On the CIFAR networks robustjax trains,
-XLA's own convolution thunk (Eigen's spatial convolution) is faster for most
-of them, and every attack step is mostly convolutions:
-``benchmarks/conv_layers.py --ynnpack`` measures the two side by side, and
+XLA's own convolution kernels are faster for most of them, and every attack
+step is mostly convolutions: ``benchmarks/conv_layers.py
+[--ynnpack-convolutions]`` measures the two on conv layers alone, and
 ``benchmarks/run.py --ynnpack-convolutions`` the whole steps (figures in
 benchmarks/README.md). Both give the same results up to float32 rounding
 (tests/test_xla_cpu.py).
