@@ -16,8 +16,10 @@ the first 1,000 test points.
 
 It should print lines like ``step 390 test: clean 36% | pgd10 23%`` and end
 with ``report: workdirs/quickstart/report.json {'test_clean_acc': ~0.49,
-'test_adv_acc': ~0.29}`` (measured: 48.7% / 29.2% with 2 CPU devices, 50.8% /
-29.0% with one; the spread between runs is a few points). Rerunning the same
+'test_adv_acc': ~0.27}`` (measured: 49.1% / 27.2% with 2 CPU devices; 48.7% /
+29.2% with XLA's YNNPACK convolution kernels, launch.py's
+--ynnpack_convolutions, and 50.8% / 29.0% with one device before that; the
+spread between runs is a few points). Rerunning the same
 command resumes from the last checkpoint instead of starting again. ``:smoke`` shrinks it to under a minute.
 """
 

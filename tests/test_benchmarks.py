@@ -1,4 +1,4 @@
-"""The GPU benchmark script's CPU-testable paths (benchmarks/gpu.py)."""
+"""Benchmark scripts' CPU-testable paths (benchmarks/gpu.py, input_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,22 @@ def test_gpu_script_cpu_dry_run_end_to_end(tmp_path):
     # The twin has the same parameter count (gpu.py exits 2 otherwise).
     assert row["torch"]["params"] == row["jax"]["params"]
     assert row["torch_images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_input_pipeline_script_end_to_end(tmp_path):
+  """benchmarks/input_pipeline.py at toy length: three timings and the JSON."""
+  out = tmp_path / "input_pipeline.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  res = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"),
+       "--steps=2", "--rounds=2", f"--out={out}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-2000:]
+  report = json.loads(out.read_text())
+  med = report["median_s"]
+  assert set(med) == {"pipeline_alone", "step_alone", "fed"}
+  # Gathering 128 uint8 images is far cheaper than a training step.
+  assert 0 < med["pipeline_alone"] < med["step_alone"]
+  assert report["pipeline_headroom"] > 1
