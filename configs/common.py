@@ -97,8 +97,10 @@ def base_config() -> ml_collections.ConfigDict:
   # How the training state is laid out over the devices (robustjax/sharding.py):
   # dp = replicated parameters; fsdp = parameters and optimizer state split
   # over the data axis (ZeRO-3), for models too large to replicate; fsdp
-  # leaves under min_size elements stay replicated.
-  c.sharding = dict(strategy="dp", min_size=2 ** 14)
+  # leaves under min_size elements stay replicated. fsdp_size=k (a divisor of
+  # the device count) splits the state within groups of k devices and
+  # replicates it across groups (hybrid, HSDP); 0 = one group of all devices.
+  c.sharding = dict(strategy="dp", min_size=2 ** 14, fsdp_size=0)
   return c
 
 

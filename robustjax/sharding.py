@@ -1,7 +1,7 @@
-"""Device mesh and shardings: one 1-D ``data`` mesh for every compiled step.
+"""Device mesh and shardings: a ``data`` mesh for every compiled step.
 
 A single CPU is a 1-device mesh; tests use 8 fake CPU devices. Batches are
-always split over the ``data`` axis. The training state (parameters, BatchNorm
+always split over every device of the mesh. The training state (parameters, BatchNorm
 statistics, optimizer state) follows one of two strategies, picked by
 ``config.sharding.strategy``:
 
@@ -27,6 +27,13 @@ statistics, optimizer state) follows one of two strategies, picked by
   parameters' sharding (``fsdp_gather`` / ``fsdp_scatter``), so each device
   keeps about 1/N of the state between steps and computes on its 1/N of the
   batch.
+
+  ``config.sharding.fsdp_size`` = k (a divisor of the device count N, 0 = N)
+  makes it hybrid (HSDP): the mesh becomes 2-D, ``replica`` (N/k) x ``data``
+  (k), the state is split over the k devices of each ``data`` group and
+  replicated across the N/k groups, and the batch is split over all N. The
+  parameter all-gathers then stay inside a group (e.g. one host's chips) and
+  only the gradient reduction crosses groups.
 """
 
 from __future__ import annotations
@@ -38,21 +45,37 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+# Hybrid fsdp only: the outer axis over which the fsdp groups replicate.
+REPLICA_AXIS = "replica"
 STRATEGIES = ("dp", "fsdp")
 # Leaves below this many elements stay replicated under fsdp: splitting them
 # saves little memory and costs one collective each.
 FSDP_MIN_SIZE = 2 ** 14
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over all (or the first ``num_devices``) global devices."""
+def make_mesh(num_devices: int | None = None, fsdp_size: int = 0) -> Mesh:
+  """The mesh over all (or the first ``num_devices``) global devices.
+
+  1-D ``data`` by default. With ``fsdp_size`` = k, 0 < k < N, a 2-D
+  ``replica`` (N/k) x ``data`` (k) mesh for hybrid fsdp (see the module doc);
+  k must divide N.
+  """
   devices = jax.devices()
   if num_devices is not None:
     devices = devices[:num_devices]
+  n = len(devices)
   # Auto axis types: shardings are given at the jit boundary (in/out
   # shardings) and XLA propagates them inside the step.
-  return jax.make_mesh((len(devices),), (DATA_AXIS,),
-                       axis_types=(AxisType.Auto,), devices=devices)
+  if fsdp_size in (0, n):
+    return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                         devices=devices)
+  if not 0 < fsdp_size < n or n % fsdp_size:
+    from robustjax.errors import ConfigError  # local: keeps this module leaf-level
+    raise ConfigError(f"sharding.fsdp_size={fsdp_size} does not divide the "
+                      f"{n} devices into groups; use a divisor of {n} "
+                      "(0 = one group of all devices)")
+  return jax.make_mesh((n // fsdp_size, fsdp_size), (REPLICA_AXIS, DATA_AXIS),
+                       axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -61,8 +84,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-  """Sharding for a batch: the leading (example) axis split over ``data``."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Sharding for a batch: the leading (example) axis split over every
+  device (``data``, or ``replica`` x ``data`` on a hybrid mesh)."""
+  axes = tuple(mesh.axis_names)
+  return NamedSharding(mesh, P(axes if len(axes) > 1 else DATA_AXIS))
 
 
 def validate_strategy(strategy: str) -> None:
@@ -103,7 +128,8 @@ def state_shardings(abstract_state: Any, mesh: Mesh, strategy: str = "dp",
   Args:
     abstract_state: the training state (a ``TrainState`` or its dict form)
       of arrays or ``jax.ShapeDtypeStruct``s; only shapes are read.
-    mesh: the 1-D ``data`` mesh.
+    mesh: the ``data`` mesh (fsdp splits over its ``data`` axis only, so
+      on a hybrid mesh the state is replicated over ``replica``).
     strategy: ``dp`` (all replicated) or ``fsdp`` (see the module doc).
     min_size: fsdp leaves with fewer elements stay replicated.
   """
@@ -199,7 +225,7 @@ def put_global_batch(local_batch, mesh: Mesh):
   Args:
     local_batch: pytree of numpy arrays with leading axis
       ``global_batch // jax.process_count()``: this process's rows.
-    mesh: the mesh whose ``data`` axis splits the batch.
+    mesh: the mesh whose devices split the batch (``batch_sharded``).
 
   Returns:
     The same pytree of global ``jax.Array``s of leading size ``global_batch``,

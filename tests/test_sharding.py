@@ -138,33 +138,40 @@ def test_fsdp_holds_an_eighth_per_device(name, params_m):
 # --- the compiled step: fsdp == dp, and its collectives ----------------------
 
 
-@pytest.fixture(scope="module")
-def compiled_steps():
-  """dp and fsdp steps of ``TinyBNNet`` on the 8-device mesh:
-  ``{strategy: (compiled, state, shardings)}`` plus the batch and key.
-  Compiled once, shared by the tests below."""
-  mesh = sharding.make_mesh(NUM_DEVICES)
+def _tiny_step(mesh, strategy: str):
+  """``TinyBNNet``'s standard-training step compiled on ``mesh`` under
+  ``strategy``, with its initial state, the state's shardings, and a fixed
+  batch (32 random images) and key placed on ``mesh``."""
   model = TinyBNNet()
   tx, schedule = _tx()
   objective = objectives.make_objective(ml_collections.ConfigDict(dict(
       name="standard", eps=8 / 255, step_size=2 / 255, steps=1, beta=6.0,
       random_start=True)), model)
   init = lambda k: step_lib.init_state(model, tx, k, (32, 32, 3))  # noqa: E731
-  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.state_shardings(jax.eval_shape(init, jax.random.key(0)),
+                                       mesh, strategy, min_size=TINY_MIN_SIZE)
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
   rng = np.random.default_rng(0)
   batch = sharding.put_global_batch(
       {"image": rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8),
        "label": rng.integers(0, 10, 32).astype(np.int32)}, mesh)
   key = sharding.put_replicated(jax.random.key(1), mesh)
-  out = {"batch": batch, "key": key}
+  step = step_lib.make_train_step(objective, tx, schedule, mesh, augment=True,
+                                  state_sharding=shardings)
+  return step.lower(state, batch, key).compile(), state, shardings, batch, key
+
+
+@pytest.fixture(scope="module")
+def compiled_steps():
+  """dp and fsdp steps of ``TinyBNNet`` on the 8-device mesh:
+  ``{strategy: (compiled, state, shardings)}`` plus the batch and key.
+  Compiled once, shared by the tests below."""
+  mesh = sharding.make_mesh(NUM_DEVICES)
+  out = {}
   for strategy in ("dp", "fsdp"):
-    shardings = sharding.state_shardings(abstract, mesh, strategy,
-                                         min_size=TINY_MIN_SIZE)
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
-    step = step_lib.make_train_step(objective, tx, schedule, mesh,
-                                    augment=True, state_sharding=shardings)
-    out[strategy] = (step.lower(state, batch, key).compile(), state,
-                     shardings)
+    compiled, state, shardings, out["batch"], out["key"] = _tiny_step(
+        mesh, strategy)
+    out[strategy] = (compiled, state, shardings)
   return out
 
 
@@ -242,6 +249,84 @@ def test_compiled_collectives(compiled_steps):
     assert int(np.prod(shard)) in sizes, f"no reduction to a {shard} shard"
 
 
+# --- hybrid fsdp: groups of 4 on a 2 x 4 mesh ---------------------------------
+
+
+def _replica_group_sizes(hlo: str, op: str) -> set[int]:
+  """Device-group sizes of every ``op`` in ``hlo``, in any of XLA's forms:
+  ``replica_groups=mesh['axis_0'=4,'axis_1'=2] ... {'axis_0'}`` (the groups
+  span the braced axes: 4), ``replica_groups={{0,1,2,3},{4,5,6,7}}`` or
+  ``replica_groups=[2,4]<=[8]``."""
+  sizes = set()
+  for line in hlo.splitlines():
+    if not re.search(rf" {op}(?:-start)?\(", line):
+      continue
+    on_mesh = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}",
+                        line)
+    explicit = re.search(r"replica_groups=\{(\{[\d,]*\}(?:,\{[\d,]*\})*)\}",
+                         line)
+    iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)
+    if on_mesh:
+      axis_sizes = dict((k, int(v)) for k, v in
+                        re.findall(r"'(\w+)'=(\d+)", on_mesh.group(1)))
+      sizes.add(int(np.prod([axis_sizes[a] for a in
+                             re.findall(r"'(\w+)'", on_mesh.group(2))])))
+    elif explicit:
+      sizes |= {len(g.split(",")) for g in
+                re.findall(r"\{([\d,]*)\}", explicit.group(1))}
+    elif iota:
+      sizes.add(int(iota.group(2)))
+  return sizes
+
+
+def test_hybrid_fsdp_step_equals_dp_within_groups_of_four():
+  """sharding.fsdp_size=4 on 8 devices: a replica (2) x data (4) mesh; the
+  state is split 4 ways and replicated across the 2 groups, the batch is
+  split 8 ways, three steps equal the dp steps, and every parameter
+  all-gather runs inside a group of 4 devices."""
+  flat = sharding.make_mesh(NUM_DEVICES)
+  mesh = sharding.make_mesh(NUM_DEVICES, fsdp_size=4)
+  assert dict(mesh.shape) == {"replica": 2, "data": 4}
+  final, hlo = {}, None
+  for name, m, strategy in (("dp", flat, "dp"), ("hybrid", mesh, "fsdp")):
+    compiled, state, shardings, batch, key = _tiny_step(m, strategy)
+    for _ in range(3):
+      state, _ = compiled(state, batch, key)
+    jax.tree.map(lambda a, s: _assert_sharding(a, s), state, shardings)
+    final[name] = jax.device_get(state)
+    if name == "hybrid":
+      hlo = compiled.as_text()
+      assert batch["image"].addressable_shards[0].data.shape[0] == 32 // 8
+      kernels = [(a.shape, s.shard_shape(a.shape)) for a, s in
+                 zip(jax.tree.leaves(state.params),
+                     jax.tree.leaves(shardings.params))
+                 if not s.is_fully_replicated]
+      assert len(kernels) == 3
+      for full, shard in kernels:  # a quarter per device, not an eighth
+        assert int(np.prod(shard)) * 4 == int(np.prod(full))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6),
+               final["dp"], final["hybrid"])
+  assert _replica_group_sizes(hlo, "all-gather") == {4}
+  # Gradients and BN statistics are reduced over all 8 devices: in one
+  # all-reduce, or within a group (4) and then across the groups (2).
+  # Measured on XLA:CPU: group sizes {8, 4, 2}.
+  reduced = _replica_group_sizes(hlo, "all-reduce")
+  assert 8 in reduced or {2, 4} <= reduced, reduced
+
+
+def test_hybrid_fsdp_config_errors():
+  with pytest.raises(ConfigError, match="fsdp_size=3 does not divide the 8 "
+                     "devices"):
+    sharding.make_mesh(NUM_DEVICES, fsdp_size=3)
+  config = common.base_config()
+  assert config.sharding.fsdp_size == 0
+  config.sharding.fsdp_size = 4  # with strategy dp
+  with pytest.raises(ConfigError, match="only applies to sharding.strategy"
+                     "=fsdp"):
+    validate(config)
+
+
 # --- the loop: fsdp state created, checkpointed and restored sharded ---------
 
 
@@ -276,3 +361,27 @@ def test_fsdp_loop_resume_equals_uninterrupted_run(tmp_path):
   assert a["step"] == b["step"] == 6
   for key in ("params", "batch_stats", "opt_state"):
     chex.assert_trees_all_equal(a[key], b[key])
+
+
+def test_hybrid_fsdp_loop_matches_dp(tmp_path):
+  """train_and_evaluate with strategy=fsdp, fsdp_size=4 on 8 devices (a
+  2 x 4 mesh) trains, evaluates and checkpoints like the dp run."""
+  from configs import at as at_config
+  from robustjax import checkpoint
+  from robustjax.training.loop import train_and_evaluate
+
+  reports, states = {}, {}
+  for name, update in (("dp", {}), ("hybrid", dict(
+      strategy="fsdp", min_size=TINY_MIN_SIZE, fsdp_size=4))):
+    c = at_config.get_config("standard,smoke")
+    c.progress_bar = False
+    c.sharding.update(update)
+    reports[name] = train_and_evaluate(c, str(tmp_path / name))
+    states[name] = checkpoint.load(str(tmp_path / name))
+  assert states["dp"]["step"] == states["hybrid"]["step"] > 0
+  for key in ("params", "batch_stats"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                         atol=1e-5),
+                 states["dp"][key], states["hybrid"][key])
+  for metric in ("test_clean_acc", "test_adv_acc"):
+    assert abs(reports["dp"][metric] - reports["hybrid"][metric]) <= 0.01

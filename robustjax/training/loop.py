@@ -110,6 +110,9 @@ def validate(config: Any) -> None:
   evaluation.validate_attack(config.eval.attack)
   optimizer.make_schedule(config.optimizer, 10)
   sharding.validate_strategy(_strategy(config))
+  if _fsdp_size(config) and _strategy(config) != "fsdp":
+    raise ConfigError(f"sharding.fsdp_size={_fsdp_size(config)} only applies "
+                      "to sharding.strategy=fsdp; set the strategy or drop it")
   if int(config.batch_size) < 1:
     raise ConfigError(f"batch_size={config.batch_size} must be positive")
 
@@ -125,7 +128,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   start_time = time.time()
   validate(config)
   train_split, val_split, test_split = load_data(config)
-  mesh = sharding.make_mesh(config.get("num_devices") or None)
+  mesh = sharding.make_mesh(config.get("num_devices") or None,
+                            fsdp_size=_fsdp_size(config))
   sharding.check_batch_divisible(int(config.batch_size), mesh)
   spec = model_spec(config, train_split.num_classes)
   # Mixed precision (model.dtype=bfloat16) speeds up the training step;
@@ -253,6 +257,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 def _strategy(config: Any) -> str:
   """``config.sharding.strategy`` (``dp`` when the config has no block)."""
   return str(config.get("sharding", {}).get("strategy", "dp"))
+
+
+def _fsdp_size(config: Any) -> int:
+  """``config.sharding.fsdp_size``: devices per fsdp group (0 = all)."""
+  return int(config.get("sharding", {}).get("fsdp_size", 0))
 
 
 def _fsdp_min_size(config: Any) -> int:
