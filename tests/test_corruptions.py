@@ -5,7 +5,8 @@ PIL / colorsys implementation of make_cifar_c.py's maths written here.
 Where the reference draws random numbers, the test feeds it the draws our
 code made (per-image key ``split(key, B)[i]``), so the two outputs are
 comparable pixel by pixel. Comparisons are on [0, 1] floats before the
-final uint8 cast; "same maths" means a mean absolute difference < 1/255.
+final uint8 cast, with bounds set from the measured gaps (docs/corruptions.md
+has the table; ``benchmarks/corruptions.py --agreement`` measures it).
 """
 
 import json
@@ -20,7 +21,7 @@ import numpy as np
 import optax
 import pytest
 
-from cifar_c_reference import reference
+from cifar_c_reference import ref_gaussian, reference
 from configs import evaluate as evaluate_config
 from configs import quickstart as quickstart_config
 from robustjax import checkpoint, data, evaluation, sharding, tasks
@@ -34,7 +35,6 @@ from robustjax.training.loop import build_model, load_data, validate
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 KEY = jax.random.key(42)
-LEVEL = 1 / 255
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +46,6 @@ def images():
 
 def _keys(n, key=KEY):
   return jax.random.split(key, n)
-
-
-def _mad(a, b):
-  return float(np.mean(np.abs(np.asarray(a, np.float64) -
-                              np.asarray(b, np.float64))))
 
 
 # ---------------------------------------------------------------- the API
@@ -110,11 +105,16 @@ def test_resolve_names():
 
 
 def test_to_uint8_truncates_like_the_files():
-  x = np.array([0.0, 0.5, 1.0, 10 / 255, 10.6 / 255], np.float32)
+  # 9.9995 levels truncate to 9, as np.uint8 does in float64; a float32 one
+  # ulp below 200 levels (x * 255 == 199.99998) still counts as 200.
+  below_200 = np.nextafter(np.float32(200) / np.float32(255), np.float32(0))
+  assert below_200 * np.float32(255) < 200
+  x = np.array([0.0, 0.5, 1.0, 10 / 255, 10.6 / 255, 9.9995 / 255, below_200],
+               np.float32)
   np.testing.assert_array_equal(np.asarray(C.to_uint8(x)),
-                                [0, 127, 255, 10, 10])
+                                [0, 127, 255, 10, 10, 9, 200])
   np.testing.assert_array_equal(np.asarray(C.to_uint8(x, "round")),
-                                [0, 128, 255, 10, 11])
+                                [0, 128, 255, 10, 11, 10, 200])
 
 
 # ------------------------------------------------------- severity ordering
@@ -179,35 +179,94 @@ MATCHED = ("gaussian_blur", "defocus_blur", "glass_blur", "motion_blur",
            "elastic_transform", "pixelate", "jpeg_compression")
 
 
+def _reference_input(x):
+  """make_cifar_c.py's input, ``np.array(img) / 255.`` in float64, for an
+  image that came from uint8 (not the float64 copy of our float32 one,
+  which is off by up to 8e-6 levels and moves values across the reference's
+  truncations)."""
+  return np.round(np.asarray(x, np.float64) * 255) / 255
+
+
 def _compare(images, name, severity):
+  """(mean, max) absolute difference to the reference, in uint8 levels."""
   ours = np.asarray(C.apply(name, KEY, images, severity), np.float64)
   draws = (_draws(DRAWS[name], images, severity) if name in DRAWS
            else [None] * len(images))
-  ref = np.stack([reference(name, images[i].astype(np.float64), severity,
+  ref = np.stack([reference(name, _reference_input(images[i]), severity,
                             draws[i]) for i in range(len(images))])
-  return _mad(ours, ref), float(np.abs(ours - ref).max())
+  gap = np.abs(ours - ref) * 255
+  return float(gap.mean()), float(gap.max())
+
+
+# Bounds on the (mean, max) gap in levels. Measured on 16 test images at
+# every severity: float32 against float64 alone gives means of 3e-6 to 1e-5
+# and maxima up to 9e-5 levels; the bounds leave a factor of about 10.
+EXACT_BOUND = (1e-4, 1e-3)
+BOUNDS = {
+    # An 8-bit rounding step inside the pipeline: a value within float32's
+    # error of a .5 tie can round to the other level (motion blur: one value
+    # in 16 images at severities 1, 3 and 4).
+    "motion_blur": (1e-3, 1 + 1e-3),
+    "snow": (1e-3, 1 + 1e-3),
+    # The first blur's truncation equals float64's except where float64's
+    # own rounding puts an exact integer below itself (one value at
+    # severities 3 and 5 in 16 images, 0.88 levels after the second blur).
+    "glass_blur": (1e-3, 1 + 1e-3),
+    # OpenCV-style 1/32-pixel sampling positions (our default) against
+    # exact ones in the scipy reference: measured 0.12-0.19 / 1.7-2.3.
+    "elastic_transform": (0.25, 2.5),
+}
+
+
+def _check_gap(name, severity, mean, worst):
+  mean_bound, max_bound = BOUNDS.get(name, EXACT_BOUND)
+  assert mean < mean_bound and worst < max_bound, (name, severity, mean,
+                                                   worst)
 
 
 @pytest.mark.parametrize("name", MATCHED)
 def test_matches_reference_maths(images, name):
-  mad, worst = _compare(images, name, 3)
-  # elastic: OpenCV-style 1/32-pixel sampling positions (our default) vs
-  # exact ones in the scipy reference; the rest is the same maths.
-  assert mad < LEVEL, (name, mad, worst)
-  if name not in ("elastic_transform", "glass_blur"):
-    assert worst < 2 * LEVEL, (name, mad, worst)
+  _check_gap(name, 3, *_compare(images, name, 3))
 
 
 def test_mud_spatter_matches_reference(images):
-  mad, worst = _compare(images, "spatter", 4)
-  assert mad < LEVEL and worst < 2 * LEVEL, (mad, worst)
+  _check_gap("spatter", 4, *_compare(images, "spatter", 4))
+
+
+@pytest.mark.parametrize("severity", C.SEVERITIES)
+def test_pixelate_equals_pillow(images, severity):
+  """Pillow rounds each BOX pass half up; the levels must be identical."""
+  ours = np.asarray(C.apply("pixelate", KEY, images, severity), np.float64)
+  ref = np.stack([reference("pixelate", _reference_input(x), severity, None)
+                  for x in images])
+  np.testing.assert_array_equal(np.round(ours * 255), np.round(ref * 255))
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.25, 0.4])
+def test_glass_first_blur_truncates_like_float64(images, sigma):
+  """glass_blur's first step, ``np.uint8(gaussian(x) * 255)`` in float64,
+  level for level except at float64's own ties (exact integers that float64
+  puts a hair below themselves)."""
+  ours = np.asarray(jax.vmap(lambda x: blur.blur_to_levels(x, sigma))(images))
+  exact = np.stack([ref_gaussian(_reference_input(x), sigma) * 255
+                    for x in images])
+  tie = np.abs(exact - np.round(exact)) < 1e-9
+  differ = ours != np.floor(exact)
+  assert not np.any(differ & ~tie), np.argwhere(differ & ~tie)[:5]
+  assert differ.mean() < 1e-3
+
+
+@pytest.mark.parametrize("severity", [2, 3])
+def test_glass_blur_matches_reference_closely(images, severity):
+  mean, worst = _compare(images, "glass_blur", severity)
+  assert mean < 1e-3, (severity, mean, worst)
 
 
 def test_elastic_without_subpixel_rounding_is_exact(images):
   d = digital.elastic_draws(_keys(1)[0], images.shape[1:], 5)
   ours = jax.jit(lambda x, d: digital.elastic_from(x, d, 5, subpixel=False))(
       images[0], d)
-  ref = reference("elastic_transform", images[0].astype(np.float64), 5,
+  ref = reference("elastic_transform", _reference_input(images[0]), 5,
                   jax.tree.map(np.asarray, d))
   assert np.abs(np.asarray(ours) - ref).max() < 1e-4
 
@@ -216,8 +275,7 @@ def test_elastic_without_subpixel_rounding_is_exact(images):
 @pytest.mark.parametrize("severity", [1, 2, 4, 5])
 @pytest.mark.parametrize("name", MATCHED)
 def test_matches_reference_maths_every_severity(images, name, severity):
-  mad, _ = _compare(images, name, severity)
-  assert mad < LEVEL, (name, severity, mad)
+  _check_gap(name, severity, *_compare(images, name, severity))
 
 
 # The noises cannot share numpy's draws; compare their statistics with

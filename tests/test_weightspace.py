@@ -337,6 +337,25 @@ def test_loss_barrier_definitions():
     curves.loss_barrier([0.0, 0.5], [1.0, 2.0])
 
 
+def test_loss_barrier_known_answer_with_unequal_endpoints():
+  """A hand-made curve on which the two definitions differ, pinning which
+  number is which. Endpoint losses 1 and 3 (mean 2, chord 1 + 2t):
+
+    t      0     0.25  0.5   0.75  1
+    L(t)   1     3     2.5   3.25  3
+    chord  1     1.5   2     2.5   3
+  """
+  out = curves.loss_barrier([0.0, 0.25, 0.5, 0.75, 1.0],
+                            [1.0, 3.0, 2.5, 3.25, 3.0])
+  # Peak minus the endpoint mean (Frankle et al. 2020, Git Re-Basin):
+  # 3.25 - 2 at t = 0.75.
+  assert out["barrier"] == 1.25
+  # Largest excess over the chord (Entezari et al. 2022): 3 - 1.5 at
+  # t = 0.25, a different point from the loss's peak.
+  assert out["barrier_linear"] == 1.5
+  assert out["argmax_alpha"] == 0.75
+
+
 def test_curve_evaluator_agrees_with_evaluation(pair):
   from configs import common
   from robustjax import data, evaluation
@@ -445,6 +464,11 @@ def test_interpolate_task_through_launch(saved, tmp_path):
                    "--config.sharpness.enabled=true", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "report:" in result.stdout and "b_adv_acc" in result.stdout
+  barrier_lines = [line for line in result.stderr.splitlines()
+                   if "loss barrier" in line]
+  assert len(barrier_lines) == 2, result.stderr[-3000:]
+  assert all("over the endpoint mean" in line and "over the chord" in line
+             for line in barrier_lines), barrier_lines
   report = json.loads((workdir / "report.json").read_text())
   assert [p["alpha"] for p in report["curve"]] == [0.0, 0.5, 1.0]
   assert {"clean_acc", "clean_loss", "adv_acc", "adv_loss"} <= set(

@@ -6,7 +6,9 @@
 cross-entropy on the first N points of a split (the same per-example attack
 keys as ``robustjax.evaluation``, so its accuracies agree with the
 ``evaluate`` task), plus optional OOD accuracy from a corruption evaluator.
-``loss_barrier`` reduces a curve to its barrier.
+``loss_barrier`` reduces a curve to its barrier, under both definitions in
+use: the peak over the endpoints' mean loss, and the peak excess over the
+chord between the endpoint losses.
 """
 
 from __future__ import annotations
@@ -116,15 +118,25 @@ def format_point(point: Mapping[str, Any]) -> str:
 
 def loss_barrier(alphas: Sequence[float], losses: Sequence[float]
                  ) -> dict[str, float]:
-  """The loss barrier of a curve that includes both endpoints.
+  """The loss barrier of a curve that includes both endpoints, under the
+  two definitions in use (they agree when ``L(0) == L(1)``).
 
   Returns:
-    ``barrier``: ``max_t L(t) - (L(0) + L(1)) / 2`` (the definition of this
-    project's issue and of git-re-basin's barrier plots);
-    ``barrier_linear``: ``max_t L(t) - ((1 - t) L(0) + t L(1))`` (Frankle et
-    al. / Entezari et al.: the excess over the straight line between the
-    endpoint losses; never negative since the endpoints score 0);
-    ``argmax_alpha``: where the loss peaks.
+    ``barrier``: ``max_t L(t) - (L(0) + L(1)) / 2``, the peak over the mean
+    of the endpoint losses. Frankle et al. 2020 (Linear Mode Connectivity
+    and the Lottery Ticket Hypothesis) define their error barrier height
+    this way, on error rather than loss; Ainsworth et al. 2023 (Git
+    Re-Basin) define their loss barrier this way, and their code computes
+    it so. With unequal endpoints it includes half the gap between them: a
+    path whose loss falls straight from one endpoint to the other scores
+    ``|L(0) - L(1)| / 2``.
+    ``barrier_linear``: ``max_t [L(t) - ((1 - t) L(0) + t L(1))]``, the
+    largest excess over the straight line (chord) between the endpoint
+    losses: the loss barrier of Entezari et al. 2022 (The Role of
+    Permutation Invariance in Linear Mode Connectivity). Never negative,
+    since the endpoints score 0.
+    ``argmax_alpha``: where the loss itself peaks (the ``t`` of
+    ``barrier``'s maximum).
   """
   t = np.asarray(alphas, np.float64)
   loss = np.asarray(losses, np.float64)

@@ -170,9 +170,11 @@ def run_interpolate(config: Any, workdir: str) -> dict[str, Any]:
     if f"{kind}_loss" in curve[0] and 0.0 in alphas and 1.0 in alphas:
       barrier = curves.loss_barrier(alphas, [p[f"{kind}_loss"] for p in curve])
       report[f"{kind}_barrier"] = barrier
-      logging.info("%s loss barrier %.4f (linear %.4f) at alpha %.2f", kind,
-                   barrier["barrier"], barrier["barrier_linear"],
-                   barrier["argmax_alpha"])
+      logging.info(
+          "%s loss barrier %.4f over the endpoint mean (peak at alpha %.2f), "
+          "%.4f over the chord between the endpoints", kind,
+          barrier["barrier"], barrier["argmax_alpha"],
+          barrier["barrier_linear"])
   for side, t in (("a", 0.0), ("b", 1.0)):
     point = next((p for p in curve if p["alpha"] == t), None)
     for key in ("clean_acc", "adv_acc", "ood_acc"):

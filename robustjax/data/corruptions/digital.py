@@ -139,15 +139,28 @@ def box_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
   return a
 
 
+def _round_half_up(x: jax.Array) -> jax.Array:
+  """``floor(x + 0.5)``: how Pillow's 8-bit resampling rounds (it adds half
+  a unit before its fixed-point shift), where ``jnp.round`` would send
+  halves to the even neighbour."""
+  return jnp.floor(x + 0.5)
+
+
 def _resize_box(x: jax.Array, h_out: int, w_out: int) -> jax.Array:
   """BOX resize of ``[H, W, C]`` uint8-level floats (in 0..255), width
-  first, rounding to uint8 after each pass as PIL does for 8-bit images."""
+  first, rounding half up to uint8 after each pass as Pillow does for 8-bit
+  images.
+
+  For pixelate's sizes every output pixel averages one or two input pixels
+  (weights 1 or 1/2), which Pillow's 22-bit fixed-point coefficients hold
+  exactly, as does float32: the result equals Pillow's bit for bit.
+  """
   h, w = x.shape[:2]
   hi = jax.lax.Precision.HIGHEST
   cols = jnp.asarray(box_resize_matrix(w, w_out), jnp.float32)
   rows = jnp.asarray(box_resize_matrix(h, h_out), jnp.float32)
-  x = jnp.round(jnp.einsum("ij,hjc->hic", cols, x, precision=hi))
-  return jnp.round(jnp.einsum("ij,jwc->iwc", rows, x, precision=hi))
+  x = _round_half_up(jnp.einsum("ij,hjc->hic", cols, x, precision=hi))
+  return _round_half_up(jnp.einsum("ij,jwc->iwc", rows, x, precision=hi))
 
 
 def pixelate(key: jax.Array, x: jax.Array, severity: int) -> jax.Array:
