@@ -60,6 +60,101 @@ def test_eta_pattern_has_unit_norm_and_opposite_halves():
 
 
 # ---------------------------------------------------------------------------
+# Square's L2 query against the reference's arithmetic.
+
+
+def _reference_eta(s):
+  """fra31's L2 eta(s) (before its random transpose), in numpy.
+
+  Rectangles centred at (rows // 2, cols // 2), growing by one pixel per
+  side per ring, ring k weighted 1 / (k + 1)^2, each half normalised, the
+  top half positive and the bottom half negative, normalised again.
+  """
+  def rectangles(rows, cols):
+    out = np.zeros((rows, cols))
+    for k in range(max(rows // 2 + 1, cols // 2 + 1)):
+      top, left = rows // 2 - k, cols // 2 - k
+      out[max(top, 0):min(top + 2 * k + 1, rows),
+          max(left, 0):min(left + 2 * k + 1, cols)] += 1.0 / (k + 1) ** 2
+    return out / np.sqrt((out ** 2).sum())
+  eta = np.concatenate([rectangles(s // 2, s), -rectangles(s - s // 2, s)])
+  return eta / np.sqrt((eta ** 2).sum())
+
+
+def _reference_l2_query(x, x_best, vh, vw, vh2, vw2, eta, signs, eps,
+                        per_channel=True):
+  """One L2 query of fra31/auto-attack's Square, for one image ``[C, H, W]``.
+
+  Square 1 (top-left ``vh, vw``) gets ``eta * sign_c`` plus its own old
+  content, each at unit norm per channel, rescaled per channel to
+  ``sqrt(max(eps^2 - ||delta||^2, 0) / C + ||delta_c on both squares||^2)``;
+  square 2 (``vh2, vw2``) is emptied; the whole perturbation is rescaled to
+  ``eps`` and the point clipped to [0, 1]. ``per_channel=False`` measures
+  the two-square mass over all channels at once (the superseded formula,
+  which torchattacks 3.5.1 still uses), to show this example tells the two
+  apart.
+  """
+  c, s = x.shape[0], eta.shape[0]
+  delta = (x_best - x).astype(np.float64)
+  both = np.zeros_like(delta)
+  both[:, vh:vh + s, vw:vw + s] = 1.0
+  both[:, vh2:vh2 + s, vw2:vw2 + s] = 1.0
+  old = delta[:, vh:vh + s, vw:vw + s]
+  old = old / (1e-12 + np.sqrt((old ** 2).sum((1, 2), keepdims=True)))
+  if per_channel:
+    mass = np.sqrt(((delta * both) ** 2).sum((1, 2), keepdims=True))
+  else:
+    mass = np.sqrt(((delta * both) ** 2).sum())
+  slack = max(eps ** 2 - (delta ** 2).sum(), 0.0) / c
+  new = eta[None] * signs[:, None, None] + old
+  new = new / (1e-12 + np.sqrt((new ** 2).sum((1, 2), keepdims=True)))
+  new = new * np.sqrt(slack + mass ** 2)
+  delta[:, vh2:vh2 + s, vw2:vw2 + s] = 0.0
+  delta[:, vh:vh + s, vw:vw + s] = new
+  delta = delta / (np.sqrt((delta ** 2).sum()) + 1e-12)
+  return np.clip(x + eps * delta, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_square_l2_query_matches_the_reference_arithmetic(transpose):
+  """A fixed perturbation, fixed squares (overlapping) and fixed signs."""
+  height, width, channels, side, eps = 9, 8, 3, 5, 0.5
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0.3, 0.7, (channels, height, width))
+  # Channels of unequal size, inside the ball (so the slack term counts).
+  scale = np.array([0.5, 1.0, 2.0])[:, None, None]
+  delta = rng.normal(size=x.shape) * scale
+  delta *= 0.8 * eps / np.sqrt((delta ** 2).sum())
+  x_best = x + delta
+  vh, vw, vh2, vw2 = 1, 2, 3, 0
+  signs = np.array([1.0, -1.0, 1.0])
+  eta = _reference_eta(side)
+  np.testing.assert_allclose(eta, square_lib.eta_pattern(side), atol=1e-12)
+  if transpose:
+    eta = eta.T
+  want = _reference_l2_query(x, x_best, vh, vw, vh2, vw2, eta, signs, eps)
+  superseded = _reference_l2_query(x, x_best, vh, vw, vh2, vw2, eta, signs,
+                                   eps, per_channel=False)
+  assert np.abs(want - superseded).max() > 1e-2  # the example tells them apart
+
+  window = np.zeros((height, width), np.float32)
+  window[vh:vh + side, vw:vw + side] = 1.0
+  window2 = np.zeros((height, width), np.float32)
+  window2[vh2:vh2 + side, vw2:vw2 + side] = 1.0
+  pattern = np.zeros((height, width), np.float32)
+  pattern[vh:vh + side, vw:vw + side] = eta
+  hwc = lambda a: jnp.asarray(a.transpose(1, 2, 0), jnp.float32)  # noqa: E731
+  got = square_lib.l2_proposal(hwc(x), hwc(x_best), jnp.asarray(window),
+                               jnp.asarray(window2), jnp.asarray(pattern),
+                               jnp.asarray(signs, jnp.float32), eps)
+  np.testing.assert_allclose(np.asarray(got).transpose(2, 0, 1), want,
+                             atol=1e-6)
+  # No clipping here, so the query keeps the perturbation on the sphere.
+  assert np.sqrt(((np.asarray(got) - hwc(x)) ** 2).sum()) == pytest.approx(
+      eps, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------
 # FAB's projections against a generic solver.
 
 
@@ -310,9 +405,85 @@ def test_rand_version_runs_eot_on_a_randomised_model(trained):
   cfg = aa.config_for("rand", apgd_steps=5, eot_iter=3)
   assert cfg.attack_list() == ("apgd-ce", "apgd-dlr") and cfg.eot_iter == 3
   assert aa.config_for("rand").eot_iter == 20
+  assert cfg.randomised and not aa.config_for("standard").randomised
   result = aa.run_autoattack(noisy, variables, x[:16], y[:16], cfg,
                              mesh=sharding.make_mesh(1), batch_size=16)
   assert result.robust_acc <= 0.1
+
+
+# ---------------------------------------------------------------------------
+# Randomised models: fresh randomness per point and per forward pass.
+
+
+def _noisy_linear(sigma=0.2, n=64, seed=0):
+  """A linear 3-class model on 8x8x3 inputs that adds N(0, sigma) noise
+  drawn from its key to the input (about 17% of clean predictions flip per
+  forward pass), and points it classifies correctly without noise."""
+  rng = np.random.default_rng(seed)
+  w = jnp.asarray(rng.normal(size=(8 * 8 * 3, 3)) / 8, jnp.float32)
+  x = rng.uniform(size=(n, 8, 8, 3)).astype(np.float32)
+  y = np.asarray(jnp.argmax(x.reshape(n, -1) @ w, -1)).astype(np.int32)
+
+  def apply(v, z, key):
+    z = z + sigma * jax.random.normal(key, z.shape)
+    return z.reshape(z.shape[0], -1) @ v["w"]
+
+  return apply, {"w": w}, x, y
+
+
+RAND_SHORT = dict(apgd_steps=2, eot_iter=2)
+
+
+def test_rand_result_does_not_depend_on_batch_size_or_devices():
+  apply, variables, x, y = _noisy_linear()
+  cfg = aa.config_for("rand", eps=2 / 255, **RAND_SHORT)
+  small = aa.run_autoattack(apply, variables, x, y, cfg, chunk_size=2,
+                            mesh=sharding.make_mesh(1), batch_size=16)
+  large = aa.run_autoattack(apply, variables, x, y, cfg, chunk_size=2,
+                            mesh=sharding.make_mesh(8), batch_size=64)
+  # The noise is large enough to matter: not every clean pass is right,
+  # and the attacks leave some points robust.
+  assert 0.5 < small.clean_acc < 1.0
+  assert 0.0 < small.robust_acc < small.clean_acc
+  np.testing.assert_array_equal(small.clean_correct, large.clean_correct)
+  np.testing.assert_array_equal(small.robust, large.robust)
+  np.testing.assert_allclose(small.x_adv, large.x_adv, atol=1e-6)
+  assert ([r["robust_points"] for r in small.by_attack]
+          == [r["robust_points"] for r in large.by_attack])
+
+
+def test_rand_each_fresh_check_draws_new_randomness():
+  """A model that is pure noise: each forward pass is right with p = 1/2.
+
+  Classes 0 and 1 get N(0, 1) logits, class 2 (there for DLR, which needs
+  three classes) a logit of -10 that never wins. The input is ignored, so an
+  attack cannot move it: a fresh check breaks a point exactly when that
+  check's own draw says so. With fresh randomness per pass, each check
+  breaks about half of the points still robust (clean 1/2, then 1/4, then
+  1/8); a check that reused the clean pass's draw of a point would break
+  none. The per-point outcome is the same for any batch size.
+  """
+  n = 256
+
+  def pure_noise(v, z, key):
+    del v
+    noise = jax.random.normal(key, (z.shape[0], 2))
+    return jnp.concatenate([noise, jnp.full((z.shape[0], 1), -10.0)], -1)
+
+  x = np.full((n, 2, 2, 1), 0.5, np.float32)
+  y = np.zeros(n, np.int32)
+  cfg = aa.config_for("rand", **RAND_SHORT)
+  runs = [aa.run_autoattack(pure_noise, {}, x, y, cfg, chunk_size=2,
+                            mesh=sharding.make_mesh(1), batch_size=size)
+          for size in (32, 16)]
+  for run in runs:
+    counts = [int(run.clean_correct.sum())] + [
+        r["robust_points"] for r in run.by_attack]
+    assert 0.4 * n < counts[0] < 0.6 * n, counts
+    for before, after in zip(counts, counts[1:]):
+      assert 0.3 * before < after < 0.7 * before, counts
+  np.testing.assert_array_equal(runs[0].clean_correct, runs[1].clean_correct)
+  np.testing.assert_array_equal(runs[0].robust, runs[1].robust)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -8,6 +8,12 @@ torchattacks is configured as the original AutoAttack runs its attacks (100
 iterations, 9 targets, Square with 5000 queries and no rescaled schedule);
 its own ``AutoAttack`` class defaults to 10 iterations.
 
+Square is compared at Linf only: torchattacks' Square L2 query measures the
+mass of the two squares over all channels at once, where fra31/auto-attack
+measures it per channel, so the two L2 attacks differ by design.
+``test_autoattack.py`` checks our L2 query against the reference's own
+arithmetic instead.
+
 PyTorch and torchattacks are test-only dependencies (requirements-dev.txt,
 installed by ``make test``); the tests skip with a message without them.
 """

@@ -18,6 +18,14 @@ Follows ``autopgd_base.py`` of fra31/auto-attack (and torchattacks' port):
 Every quantity is per example. One quirk of the reference is kept on
 purpose: its loss history starts as zeros, so the first window compares the
 first loss with 0 (for CE, always an increase; for DLR, rarely).
+
+``init_state`` and ``make_step`` take a keyed ``logits_fn(x [B, ...],
+keys [B]) -> [B, K]``. Forward pass ``j`` of the attack (EOT sample ``e`` of
+iteration ``i`` is ``j = i * eot_iter + e``, the start being iteration 0)
+gets ``fold_in(keys[b], j)`` for example ``b``: every pass of a randomised
+model draws fresh noise, and each example's noise comes from its own key, so
+its result does not depend on the batch it is in. ``per_example`` turns a
+single-key randomised model into such a function.
 """
 
 from __future__ import annotations
@@ -73,6 +81,23 @@ def _project(z: jax.Array, x: jax.Array, eps: float, norm: str) -> jax.Array:
                   1.0)
 
 
+def per_example(fn: Callable[[jax.Array, jax.Array], jax.Array]
+                ) -> it.KeyedLogitsFn:
+  """``(x [B, ...], keys [B]) -> [B, K]`` from a single-key model ``fn``.
+
+  ``fn(x [1, ...], key) -> [1, K]`` is run on every example with that
+  example's own key (under ``vmap``), so a randomised model's noise for an
+  example depends on its key alone, never on its position in the batch or
+  on the batch size. ``fn`` must draw all its randomness from ``key`` and
+  must not mix examples (inference mode).
+  """
+
+  def logits(x: jax.Array, keys: jax.Array) -> jax.Array:
+    return jax.vmap(lambda xi, ki: fn(xi[None], ki)[0])(x, keys)
+
+  return logits
+
+
 def _loss_fn(loss: str) -> Callable[[jax.Array, jax.Array, jax.Array],
                                     jax.Array]:
   if loss == "ce":
@@ -121,8 +146,9 @@ def _loss_and_grad(logits_fn, x_adv, y, target, keys, loss_fn, eot_iter,
   grad_fn = jax.grad(total, has_aux=True)
   grad = jnp.zeros_like(x_adv)
   for e in range(eot_iter):
-    g, (loss_i, logits) = grad_fn(x_adv, it.batch_key(keys, salt * eot_iter
-                                                      + e))
+    # A key per example and per forward pass (see the module docstring).
+    g, (loss_i, logits) = grad_fn(x_adv, it.fold_in_each(
+        keys, salt * eot_iter + e))
     grad = grad + g
   return loss_i, grad / float(eot_iter), logits
 
@@ -205,7 +231,9 @@ def apgd(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
 
   Args:
     logits_fn: ``x [B, ...] -> [B, C]`` in inference mode, or, with
-      ``keyed=True``, ``(x, key) -> [B, C]`` for a randomised model.
+      ``keyed=True``, a randomised model ``(x [1, ...], key) -> [1, C]``:
+      it is called per example with a fresh key of that example for every
+      forward pass (``per_example``).
     x: ``[B, H, W, C]`` float images in [0, 1].
     y: ``[B]`` int labels.
     key: one PRNG key or a typed key array ``[B]`` (one per example, which
@@ -229,7 +257,10 @@ def apgd(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
   y = _check_labels("y", y, x)
   if (loss == "dlr-targeted") != (target is not None):
     raise ConfigError("apgd: pass target= exactly when loss='dlr-targeted'")
-  fn = logits_fn if keyed else (lambda z, k: logits_fn(z))  # noqa: E731
+  if keyed:
+    fn = per_example(logits_fn)
+  else:
+    fn = lambda z, k: logits_fn(z)  # noqa: E731
   keys = it.example_keys(key, x.shape[0])
   x_adv, robust = x, jnp.ones(x.shape[:1], bool)
   for r in range(restarts):

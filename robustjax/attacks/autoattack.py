@@ -25,6 +25,16 @@ still robust (one compiled program per attack and batch size, the batch
 sharded over the mesh). Every random number is drawn from
 ``fold_in(attack_key, example_index)``, so the result does not depend on the
 batch size or the number of devices (up to float summation order).
+
+Randomised models (``config.randomised``: version ``rand``, or
+``eot_iter > 1``) are called one example at a time under ``vmap``
+(``apgd.per_example``), and every forward pass gets a fresh key per
+example: the clean pass, each EOT sample and each Square or FAB query, each
+fresh check after an attack, and the final re-evaluation. Each of these keys
+is a function of the seed, the pass and the example's index only, so a
+randomised model's result is the same for any batch size or device count
+too. Deterministic models get one fixed key for the whole batch (they ignore
+it) and run batched.
 """
 
 from __future__ import annotations
@@ -79,6 +89,16 @@ class AutoAttackConfig:
     if self.version == "custom":
       return self.attacks
     return VERSIONS[self.version]
+
+  @property
+  def randomised(self) -> bool:
+    """Whether the model is treated as randomised (fresh noise per pass).
+
+    True for version ``rand`` and for any ``eot_iter > 1``; the model is
+    then called per example with a key of its own for every forward pass,
+    and the final re-evaluation may disagree with the cascade's flags.
+    """
+    return self.version == "rand" or self.eot_iter > 1
 
   def validated(self) -> "AutoAttackConfig":
     """Self, or a one-line ConfigError naming the bad value and the fix."""
@@ -159,14 +179,28 @@ class _Compiled:
                           out_shardings=bat)
 
 
-def _keyed(apply_fn: ApplyFn, variables):
-  return lambda z, k: apply_fn(variables, z, k)
+# Forward passes of the driver itself (the clean pass, the fresh checks and
+# the final re-evaluation) draw their keys from this branch of the seed's
+# key; the attacks use branches 0, 1, ... (their position in the cascade).
+_FORWARD_STREAM = 2 ** 31 - 1
 
 
-def _unkeyed(apply_fn: ApplyFn, variables):
-  # Square and FAB are run on deterministic models in every version; the key
-  # passed is fixed so a randomised model still gets a valid one.
-  return lambda z: apply_fn(variables, z, jax.random.key(0))
+def _model(apply_fn: ApplyFn, variables, randomised: bool
+           ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """``(x [B, ...], keys [B]) -> logits [B, K]``, as the attacks call it."""
+  if randomised:
+    return apgd_lib.per_example(lambda z, k: apply_fn(variables, z, k))
+  # A deterministic model ignores its key: one batched call with a fixed
+  # key keeps the compiled program (and its float results) as plain as the
+  # model itself.
+  return lambda z, keys: apply_fn(variables, z, jax.random.key(0))
+
+
+def _point_keys(pass_key: jax.Array, index: np.ndarray, mesh) -> jax.Array:
+  """``[B]`` keys ``fold_in(pass_key, index[b])``, sharded like the batch."""
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(
+      pass_key, jnp.asarray(index))
+  return jax.device_put(keys, sharding.batch_sharded(mesh))
 
 
 @functools.lru_cache(maxsize=32)
@@ -177,6 +211,7 @@ def _build(name: str, cfg: AutoAttackConfig, apply_fn: ApplyFn, mesh,
   Cached, so attacking several checkpoints of one model (same ``apply_fn``
   object) compiles each attack once per batch shape.
   """
+  model = functools.partial(_model, apply_fn, randomised=cfg.randomised)
   if name.startswith("apgd"):
     loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}[name]
     kwargs = dict(eps=cfg.eps, norm=cfg.norm, loss=loss,
@@ -184,11 +219,11 @@ def _build(name: str, cfg: AutoAttackConfig, apply_fn: ApplyFn, mesh,
     tgt = (lambda t: t) if loss == "dlr-targeted" else (lambda t: None)
 
     def init(variables, x, y, target, keys):
-      return apgd_lib.init_state(_keyed(apply_fn, variables), x, y, keys,
+      return apgd_lib.init_state(model(variables), x, y, keys,
                                  target=tgt(target), **kwargs)
 
     def chunk(variables, state, x, y, target, keys, start, count):
-      step = apgd_lib.make_step(_keyed(apply_fn, variables), x, y, keys,
+      step = apgd_lib.make_step(model(variables), x, y, keys,
                                 steps=cfg.apgd_steps, target=tgt(target),
                                 rho=cfg.apgd_rho, **kwargs)
       return it.run_steps(step, state, start, count)
@@ -205,7 +240,7 @@ def _build(name: str, cfg: AutoAttackConfig, apply_fn: ApplyFn, mesh,
       return fab_lib.init_state(x)
 
     def chunk(variables, state, x, y, target, keys, start, count):
-      step = fab_lib.make_step(_unkeyed(apply_fn, variables), x, y, target,
+      step = fab_lib.make_step(model(variables), x, y, target, keys,
                                norm=cfg.norm)
       return it.run_steps(step, state, start, count)
 
@@ -217,11 +252,11 @@ def _build(name: str, cfg: AutoAttackConfig, apply_fn: ApplyFn, mesh,
 
     def init(variables, x, y, target, keys):
       del target
-      return square_lib.init_state(_unkeyed(apply_fn, variables), x, y, keys,
+      return square_lib.init_state(model(variables), x, y, keys,
                                    eps=cfg.eps, norm=cfg.norm)
 
     def chunk(variables, state, x, y, target, keys, start, count):
-      step = square_lib.make_step(_unkeyed(apply_fn, variables), x, y, keys,
+      step = square_lib.make_step(model(variables), x, y, keys,
                                   eps=cfg.eps, norm=cfg.norm,
                                   n_queries=cfg.square_queries,
                                   p_init=cfg.square_p_init)
@@ -264,7 +299,8 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
   Args:
     apply_fn: ``(variables, x [B, H, W, C], key) -> logits [B, C]`` in
       inference mode (BatchNorm running statistics); deterministic models
-      ignore ``key``.
+      ignore ``key``. With ``config.randomised`` it is called per example
+      (``B = 1``) and must draw all its randomness from ``key``.
     variables: the model's variables (params and batch_stats).
     images: ``[N, H, W, C]`` float in [0, 1], or uint8 (divided by 255).
     labels: ``[N]`` int labels.
@@ -273,7 +309,8 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
     batch_size: points per compiled batch; a multiple of the device count.
     chunk_size: iterations unrolled per compiled call.
     indices: ``[N]`` each point's index in its dataset (keys the per-point
-      randomness); default ``arange(N)``.
+      randomness of the attacks and, for a randomised model, of every
+      forward pass); default ``arange(N)``.
     on_attack: called after each attack with its row of ``by_attack``.
 
   Returns:
@@ -301,12 +338,15 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
   variables = sharding.put_replicated(variables, mesh)
   root = jax.random.key(cfg.seed)
   bat = sharding.batch_sharded(mesh)
+  forward_root = jax.random.fold_in(root, _FORWARD_STREAM)
 
   # 1. Clean pass: predictions and the class ranking the targets come from.
-  logits_fn = jax.jit(lambda v, x: apply_fn(v, x, jax.random.key(0)),
-                      in_shardings=(sharding.replicated(mesh), bat),
-                      out_shardings=bat)
-  clean_logits = _logits(logits_fn, variables, images, batch_size, mesh)
+  logits_fn = jax.jit(
+      lambda v, x, keys: _model(apply_fn, v, cfg.randomised)(x, keys),
+      in_shardings=(sharding.replicated(mesh), bat, bat), out_shardings=bat)
+  clean_logits = _logits(logits_fn, variables, images, indices,
+                         jax.random.fold_in(forward_root, 0), batch_size,
+                         mesh)
   num_classes = clean_logits.shape[1]
   ranking = np.argsort(-clean_logits, axis=1, kind="stable")
   clean_correct = ranking[:, 0] == labels
@@ -329,6 +369,8 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
       if todo.size == 0:
         break
       key = jax.random.fold_in(jax.random.fold_in(root, position), run_id)
+      check_key = jax.random.fold_in(jax.random.fold_in(
+          forward_root, position + 1), run_id)
       size = _batch_size_for(todo.size, batch_size, n_dev)
       for lo in range(0, todo.size, size):
         rows = todo[lo:lo + size]
@@ -336,8 +378,7 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
         x = _put(images[pad], mesh)
         y = _put(labels[pad], mesh)
         target = _put(targets[pad].astype(np.int32), mesh)
-        keys = jax.device_put(jax.vmap(jax.random.fold_in, (None, 0))(
-            key, jnp.asarray(indices[pad])), bat)
+        keys = _point_keys(key, indices[pad], mesh)
         state = compiled.init(variables, x, y, target, keys)
         for i, (start, _) in enumerate(plan):
           state = compiled.chunk(variables, state, x, y, target, keys,
@@ -348,8 +389,9 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
         batch_adv, _ = compiled.finish(state, x)
         batch_adv = np.asarray(batch_adv)[:rows.size]
         # A point is broken only if a fresh forward pass misclassifies it.
-        pred = np.argmax(np.asarray(logits_fn(variables, _put(
-            _pad_to(batch_adv, size), mesh)))[:rows.size], -1)
+        pred = np.argmax(np.asarray(logits_fn(
+            variables, _put(_pad_to(batch_adv, size), mesh),
+            _point_keys(check_key, indices[pad], mesh)))[:rows.size], -1)
         broken = pred != labels[rows]
         _check_in_ball(batch_adv[broken], images[rows][broken], cfg)
         x_adv[rows[broken]] = batch_adv[broken]
@@ -361,8 +403,9 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
     if on_attack is not None:
       on_attack(row)
 
-  max_pert = _final_checks(apply_fn, variables, logits_fn, images, labels,
-                           x_adv, robust, clean_correct, cfg, mesh,
+  final_key = jax.random.fold_in(forward_root, len(cfg.attack_list()) + 1)
+  max_pert = _final_checks(variables, logits_fn, images, labels, indices,
+                           final_key, x_adv, robust, clean_correct, cfg, mesh,
                            batch_size)
   return AutoAttackResult(
       clean_acc=float(clean_correct.mean()), robust_acc=float(robust.mean()),
@@ -381,14 +424,18 @@ def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([a, np.repeat(a[:1], size - a.shape[0], 0)])
 
 
-def _logits(logits_fn, variables, a: np.ndarray, size: int, mesh
-            ) -> np.ndarray:
-  """Logits of every row of ``a`` in padded batches of ``size``: ``[N, C]``."""
+def _logits(logits_fn, variables, a: np.ndarray, index: np.ndarray,
+            pass_key: jax.Array, size: int, mesh) -> np.ndarray:
+  """Logits of every row of ``a`` in padded batches of ``size``: ``[N, C]``.
+
+  Row ``n`` is evaluated with the key ``fold_in(pass_key, index[n])``.
+  """
   out = []
   for lo in range(0, a.shape[0], size):
     rows = a[lo:lo + size]
+    keys = _point_keys(pass_key, _pad_to(index[lo:lo + size], size), mesh)
     out.append(np.asarray(logits_fn(variables, _put(_pad_to(rows, size),
-                                                     mesh)))[:len(rows)])
+                                                     mesh), keys))[:len(rows)])
   return np.concatenate(out)
 
 
@@ -408,15 +455,17 @@ def _check_in_ball(x_adv: np.ndarray, x: np.ndarray,
         f"{cfg.eps} or outside [0, 1] (perturbation {worst}); this is a bug")
 
 
-def _final_checks(apply_fn, variables, logits_fn, images, labels, x_adv,
-                  robust, clean_correct, cfg, mesh, batch_size) -> float:
+def _final_checks(variables, logits_fn, images, labels, indices, pass_key,
+                  x_adv, robust, clean_correct, cfg, mesh, batch_size
+                  ) -> float:
   """Re-evaluates every final point; returns the largest perturbation.
 
   The reference prints the same checks: the perturbation bound, [0, 1], and
-  that the robust accuracy recomputed on the returned points agrees.
+  that the robust accuracy recomputed on the returned points agrees (which
+  a randomised model need not: its re-evaluation draws fresh noise).
   """
-  del apply_fn
-  preds = np.argmax(_logits(logits_fn, variables, x_adv, batch_size, mesh), -1)
+  preds = np.argmax(_logits(logits_fn, variables, x_adv, indices, pass_key,
+                            batch_size, mesh), -1)
   if np.isnan(x_adv).any():
     raise AssertionError("NaN in the adversarial examples; this is a bug")
   _check_in_ball(x_adv, images, cfg)
@@ -424,7 +473,7 @@ def _final_checks(apply_fn, variables, logits_fn, images, labels, x_adv,
   # Robust points hold their clean image, so they must still be correct;
   # broken points must be misclassified (or were misclassified clean).
   disagree = (still_correct != robust) & clean_correct
-  if disagree.any() and cfg.eot_iter == 1:
+  if disagree.any() and not cfg.randomised:
     raise AssertionError(
         f"{int(disagree.sum())} points changed prediction when re-evaluated; "
         "the model is not deterministic in inference mode (use "

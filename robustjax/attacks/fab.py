@@ -153,17 +153,30 @@ def init_state(x: jax.Array) -> it.State:
   return dict(x1=x, adv=x, best=jnp.full(x.shape[:1], _NOT_FOUND, x.dtype))
 
 
-def make_step(logits_fn: Callable, x: jax.Array, y: jax.Array,
-              target: jax.Array, *, norm: str, alpha_max: float = ALPHA_MAX,
-              eta: float = ETA, beta: float = BETA
+def make_step(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
+              target: jax.Array, keys: jax.Array, *, norm: str,
+              alpha_max: float = ALPHA_MAX, eta: float = ETA,
+              beta: float = BETA
               ) -> Callable[[it.State, jax.Array], it.State]:
-  """``step(state, i) -> state``: one FAB-T iteration (``i`` unused)."""
+  """``step(state, i) -> state``: FAB-T iteration ``i``.
+
+  Args:
+    logits_fn: ``(x [B, ...], keys [B]) -> [B, K]``. Iteration ``i`` calls
+      it twice, with ``fold_in(keys[b], 2 i)`` (the linearisation) and
+      ``fold_in(keys[b], 2 i + 1)`` (the check of the new iterate), so a
+      randomised model draws fresh noise per example and per call; a
+      deterministic model ignores the keys.
+    x: ``[B, H, W, C]`` clean images.
+    y: ``[B]`` labels; ``target``: ``[B]`` target classes.
+    keys: ``[B]`` per-example PRNG keys (FAB-T itself draws nothing).
+    norm: ``'linf'`` or ``'l2'``.
+  """
   batch = x.shape[0]
   flat_x = x.reshape(batch, -1)
   project = PROJECTIONS[norm]
 
-  def boundary(z):
-    logits = logits_fn(z)
+  def boundary(z, call_keys):
+    logits = logits_fn(z, call_keys)
     rows = jnp.arange(batch)
     diff = logits[rows, target] - logits[rows, y]    # f = z_t - z_y
     return jnp.sum(diff), diff
@@ -171,9 +184,8 @@ def make_step(logits_fn: Callable, x: jax.Array, y: jax.Array,
   grad_fn = jax.grad(boundary, has_aux=True)
 
   def step(s: it.State, i: jax.Array) -> it.State:
-    del i
     x1 = s["x1"]
-    g, f = grad_fn(x1)
+    g, f = grad_fn(x1, it.fold_in_each(keys, 2 * i))
     w = g.reshape(batch, -1)
     b = -f + jnp.sum(w * x1.reshape(batch, -1), 1)   # w.z = b on the boundary
     d = project(jnp.concatenate([x1.reshape(batch, -1), flat_x]),
@@ -185,7 +197,8 @@ def make_step(logits_fn: Callable, x: jax.Array, y: jax.Array,
     x1_flat = ((x1.reshape(batch, -1) + eta * d1) * (1 - alpha)
                + (flat_x + eta * d0) * alpha)
     x1 = jnp.clip(x1_flat, 0.0, 1.0).reshape(x.shape)
-    is_adv = jnp.argmax(logits_fn(x1), -1) != y
+    is_adv = jnp.argmax(logits_fn(x1, it.fold_in_each(keys, 2 * i + 1)),
+                        -1) != y
     dist = it.lp_norm(x1 - x, norm)
     better = is_adv & (dist < s["best"])
     return dict(
@@ -226,7 +239,7 @@ def fab_targeted(logits_fn: Callable, x: jax.Array, y: jax.Array,
   x = _check_images(x)
   y = _check_labels("y", y, x)
   target = _check_labels("target", target, x)
-  state = it.run_steps(make_step(logits_fn, x, y, target, norm=norm),
+  state = it.run_steps(_unkeyed_step(logits_fn, x, y, target, norm),
                        init_state(x), 0, steps)
   x_adv, robust = finish(state, x, eps)
   return jax.lax.stop_gradient(x_adv), robust
@@ -240,6 +253,16 @@ def min_norm(logits_fn: Callable, x: jax.Array, y: jax.Array,
   ``1e10`` where none was found.
   """
   norm = _check_choice("norm", norm, NORMS)
-  state = it.run_steps(make_step(logits_fn, x, y, target, norm=norm),
+  state = it.run_steps(_unkeyed_step(logits_fn, x, y, target, norm),
                        init_state(x), 0, _static_int("steps", steps, 1))
   return state["best"]
+
+
+def _unkeyed_step(logits_fn: Callable, x: jax.Array, y: jax.Array,
+                  target: jax.Array, norm: str
+                  ) -> Callable[[it.State, jax.Array], it.State]:
+  """``make_step`` for a deterministic ``logits_fn(x) -> [B, K]``."""
+  # FAB-T has no random start: the keys only feed the model, which ignores
+  # them here.
+  keys = it.example_keys(jax.random.key(0), x.shape[0])
+  return make_step(lambda z, k: logits_fn(z), x, y, target, keys, norm=norm)

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 from robustjax.errors import ConfigError
 
 State = dict[str, Any]
-# ``logits_fn(x, key) -> [B, C]``: the key feeds randomised models (EOT);
-# deterministic models ignore it.
+# ``logits_fn(x, keys) -> [B, C]`` with ``keys`` one PRNG key per example
+# ``[B]``: they feed randomised models (EOT), which draw each example's noise
+# from its own key; deterministic models ignore them.
 KeyedLogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -47,11 +48,6 @@ def example_keys(key: jax.Array, batch: int) -> jax.Array:
 def fold_in_each(keys: jax.Array, data: jax.Array | int) -> jax.Array:
   """``fold_in(keys[b], data)`` for every example key."""
   return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
-
-
-def batch_key(keys: jax.Array, data: jax.Array | int) -> jax.Array:
-  """One key for a whole-batch draw (a randomised model's noise)."""
-  return jax.random.fold_in(keys[0], data)
 
 
 def expand(v: jax.Array, like: jax.Array) -> jax.Array:

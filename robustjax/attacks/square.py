@@ -7,7 +7,8 @@ Follows fra31/auto-attack ``square.py`` as AutoAttack runs it (margin loss,
     ``s`` per column and channel; each query adds ``+-2 eps`` (one sign per
     channel) on a random ``w x w`` square, projected back. L2 starts from a
     grid of 5x5 "eta" blocks and each query moves mass between two random
-    squares, keeping ``||delta||_2 = eps``;
+    squares, channel by channel (``l2_proposal``), keeping
+    ``||delta||_2 = eps``;
   * the square side follows the schedule of ``p``: ``w = round(sqrt(p H W))``
     with ``p`` halved after 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000
     queries (L2: at least 3 and odd);
@@ -17,13 +18,18 @@ Follows fra31/auto-attack ``square.py`` as AutoAttack runs it (margin loss,
 One deliberate difference: the reference draws one square position, one
 set of channel signs and one eta orientation per iteration for the whole
 batch; here every example draws its own from its own key. Each example sees
-the same distribution, and its result no longer depends on which other
+the same distribution, and its result does not depend on which other
 points share its batch, so robust accuracy is the same for any batch size
 or device count.
 
 The square side depends on the (traced) iteration through masks and a
 precomputed table of eta patterns, so one compiled program serves every
 iteration of the schedule.
+
+``init_state`` and ``make_step`` take a keyed ``logits_fn(x [B, ...],
+keys [B]) -> [B, K]``: every query passes each example a fresh key of its
+own (``query_keys``), which a randomised model draws its noise from and a
+deterministic one ignores. ``square`` takes a plain ``logits_fn(x)``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,18 @@ from robustjax.errors import ConfigError
 
 # Iterations after which p halves (fra31's p_selection, for 10,000 queries).
 P_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# Folded into an example's key to branch off the keys of its model calls, so
+# they never coincide with the keys its squares and signs are drawn from.
+_MODEL_STREAM = 2 ** 31 - 1
+
+
+def query_keys(keys: jax.Array, query: jax.Array | int) -> jax.Array:
+  """``[B]`` keys for the model call of query ``query`` (0: the start).
+
+  Each example and each query gets its own key, so a randomised model draws
+  fresh noise at every query, independently of the other examples.
+  """
+  return it.fold_in_each(it.fold_in_each(keys, _MODEL_STREAM), query)
 
 
 def p_level(i: jax.Array, n_queries: int, rescale: bool) -> jax.Array:
@@ -129,9 +147,21 @@ def margin_and_loss(logits: jax.Array, y: jax.Array
   return margin, margin
 
 
-def init_state(logits_fn: Callable, x: jax.Array, y: jax.Array,
+def init_state(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
                keys: jax.Array, *, eps: float, norm: str) -> it.State:
-  """The starting perturbation, its margin, and the query counters."""
+  """The starting perturbation, its margin, and the query counters.
+
+  Args:
+    logits_fn: ``(x [B, H, W, C], keys [B]) -> [B, K]``.
+    x: ``[B, H, W, C]`` clean images in [0, 1].
+    y: ``[B]`` int labels.
+    keys: ``[B]`` per-example PRNG keys of this attack.
+    eps: radius in [0, 1] pixel units.
+    norm: ``'linf'`` or ``'l2'``.
+
+  Returns:
+    ``x_best [B, H, W, C]``, ``margin [B]``, ``loss [B]``, ``queries [B]``.
+  """
   batch, height, width, channels = x.shape
   keys0 = it.fold_in_each(keys, 0)
   if norm == "linf":
@@ -162,16 +192,71 @@ def init_state(logits_fn: Callable, x: jax.Array, y: jax.Array,
     delta = jax.vmap(one)(keys0).astype(x.dtype)
     delta = delta / (it.expand(it.l2_norm(delta), delta) + 1e-12)
     x_best = jnp.clip(x + eps * delta, 0.0, 1.0)
-  margin, loss = margin_and_loss(logits_fn(x_best), y)
+  margin, loss = margin_and_loss(logits_fn(x_best, query_keys(keys, 0)), y)
   return dict(x_best=x_best, margin=margin, loss=loss,
               queries=jnp.ones((batch,), jnp.int32))
 
 
-def make_step(logits_fn: Callable, x: jax.Array, y: jax.Array,
+def l2_proposal(x: jax.Array, x_best: jax.Array, window: jax.Array,
+                window2: jax.Array, pattern: jax.Array, signs: jax.Array,
+                eps: float) -> jax.Array:
+  """One L2 Square query of one example, given its random draws.
+
+  With ``delta = x_best - x``, every channel ``c`` empties ``window2`` and
+  refills ``window`` with ``pattern * signs[c]`` plus its own old content of
+  ``window`` (each part at unit norm). The refilled square gets, per
+  channel, the mass that channel had on the two squares plus a ``1/C``
+  share of what is missing to ``eps``:
+  ``||new_c||^2 = ||delta_c on window u window2||^2
+  + max(eps^2 - ||delta||^2, 0) / C``. Summed over channels that is exactly
+  the mass removed plus the slack, so the norm stays at ``eps`` and the rest
+  of the image keeps its size after the final renormalisation. (Measuring
+  the two-window mass over all channels at once would hand every channel's
+  square the mass of all ``C`` channels.)
+
+  Args:
+    x: ``[H, W, C]`` clean image.
+    x_best: ``[H, W, C]`` current best point, ``||x_best - x||_2 <= eps``.
+    window: ``[H, W]`` 0/1 mask of the square that receives the update.
+    window2: ``[H, W]`` 0/1 mask of the square that is emptied.
+    pattern: ``[H, W]`` the unit-norm eta pattern placed on ``window``
+      (zero outside it).
+    signs: ``[C]`` +-1, the pattern's sign in each channel.
+    eps: the L2 radius.
+
+  Returns:
+    ``[H, W, C]`` the candidate ``clip(x + eps * delta' / ||delta'||, 0, 1)``.
+  """
+  channels = x.shape[-1]
+  delta = (x_best - x).astype(jnp.float32)
+  w1 = window[:, :, None]
+  w2 = window2[:, :, None]
+
+  def per_channel(v):  # [H, W, C] -> [C]
+    return jnp.sqrt(jnp.sum(jnp.square(v), (0, 1)))
+
+  norm_window = per_channel(delta * w1)                     # [C]
+  norm_windows = per_channel(delta * jnp.maximum(w1, w2))   # [C]
+  norm_image = jnp.sqrt(jnp.sum(jnp.square(delta)))         # scalar
+  new = pattern[:, :, None] * signs + delta * w1 / (1e-12 + norm_window)
+  new = new / (1e-12 + per_channel(new)) * jnp.sqrt(
+      jnp.maximum(eps ** 2 - norm_image ** 2, 0.0) / channels
+      + norm_windows ** 2)
+  delta = delta * (1.0 - w2)
+  delta = delta * (1.0 - w1) + new * w1
+  delta = delta / (jnp.sqrt(jnp.sum(jnp.square(delta))) + 1e-12)
+  return jnp.clip(x + eps * delta, 0.0, 1.0)
+
+
+def make_step(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
               keys: jax.Array, *, eps: float, norm: str, n_queries: int,
               p_init: float = 0.8, rescale_schedule: bool = False
               ) -> Callable[[it.State, jax.Array], it.State]:
-  """``step(state, i) -> state``: query ``i + 1`` of every active example."""
+  """``step(state, i) -> state``: query ``i + 1`` of every active example.
+
+  ``logits_fn(x [B, H, W, C], keys [B]) -> [B, K]`` gets ``query_keys(keys,
+  i + 1)``; ``keys [B]`` are the per-example keys of ``init_state``.
+  """
   _, height, width, channels = x.shape
   sides_np = square_sides(p_init, height, width, norm)
   sides = jnp.asarray(sides_np)
@@ -192,24 +277,12 @@ def make_step(logits_fn: Callable, x: jax.Array, y: jax.Array,
     col = _random_offset(k_c, width - side)
     row2 = _random_offset(k_r2, height - side)
     col2 = _random_offset(k_c2, width - side)
-    window = _window(row, col, side, height, width)[:, :, None]
-    window2 = _window(row2, col2, side, height, width)[:, :, None]
-    delta = best_e - x_e
-    norm_window = jnp.sqrt(jnp.sum(jnp.square(delta * window), (0, 1)))
-    norm_image = jnp.sqrt(jnp.sum(jnp.square(delta)))
-    norm_windows = jnp.sqrt(jnp.sum(jnp.square(
-        delta * jnp.maximum(window, window2))))
     flip = jax.random.bernoulli(k_t).astype(jnp.int32)
-    pattern = _shift(eta_table[level, flip], row, col)[:, :, None]
-    signs = jax.random.rademacher(k_s, (channels,), jnp.float32)
-    new = pattern * signs + delta * window / (1e-12 + norm_window)
-    new = new / (1e-12 + jnp.sqrt(jnp.sum(jnp.square(new), (0, 1)))) * (
-        jnp.sqrt(jnp.maximum(eps ** 2 - norm_image ** 2, 0.0) / channels
-                 + norm_windows ** 2))
-    delta = delta * (1.0 - window2)
-    delta = delta * (1.0 - window) + new * window
-    delta = delta / (jnp.sqrt(jnp.sum(jnp.square(delta))) + 1e-12)
-    return jnp.clip(x_e + eps * delta, 0.0, 1.0)
+    return l2_proposal(
+        x_e, best_e, _window(row, col, side, height, width),
+        _window(row2, col2, side, height, width),
+        _shift(eta_table[level, flip], row, col),
+        jax.random.rademacher(k_s, (channels,), jnp.float32), eps)
 
   def step(s: it.State, i: jax.Array) -> it.State:
     level = p_level(i, n_queries, rescale_schedule)
@@ -221,7 +294,8 @@ def make_step(logits_fn: Callable, x: jax.Array, y: jax.Array,
     else:
       x_new = jax.vmap(l2_candidate, (0, 0, 0, None, None))(
           step_keys, x, s["x_best"], side, level).astype(x.dtype)
-    margin, loss = margin_and_loss(logits_fn(x_new), y)
+    margin, loss = margin_and_loss(logits_fn(x_new, query_keys(keys, i + 1)),
+                                   y)
     active = s["margin"] > 0.0
     lower = (loss < s["loss"]) & active
     take = (lower | (margin <= 0.0)) & active
@@ -273,8 +347,9 @@ def square(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
   x = _check_images(x)
   y = _check_labels("y", y, x)
   keys = it.example_keys(key, x.shape[0])
-  state = init_state(logits_fn, x, y, keys, eps=eps, norm=norm)
-  step = make_step(logits_fn, x, y, keys, eps=eps, norm=norm,
+  keyed = lambda z, k: logits_fn(z)  # noqa: E731
+  state = init_state(keyed, x, y, keys, eps=eps, norm=norm)
+  step = make_step(keyed, x, y, keys, eps=eps, norm=norm,
                    n_queries=n_queries, p_init=p_init,
                    rescale_schedule=rescale_schedule)
   state = it.run_steps(step, state, 0, n_queries)
