@@ -83,8 +83,11 @@ def base_config() -> ml_collections.ConfigDict:
                    # or none; mode single (one type) or random (per image).
                    corruption=dict(names="none", severities=(5,),
                                    mode="single", seed=0, splits="train,test"))
+  # attack_bn: BatchNorm mode of the training attack: 'eval' (running
+  # statistics, never updated) or 'train' as the pgd_at / fgsm_rs reference
+  # scripts (robustjax/training/objectives.py); refused for trades and mart.
   c.objective = dict(name="pgd_at", eps=EPS, step_size=2 / 255, steps=10,
-                     beta=6.0, random_start=True)
+                     beta=6.0, random_start=True, attack_bn="eval")
   c.optimizer = dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                      weight_decay_on="all", schedule="piecewise",
                      boundaries=(0.5, 0.75), decay=0.1, warmup_steps=0,

@@ -26,7 +26,7 @@ def _smoke(objective="pgd_at"):
 
 @pytest.mark.parametrize("name,arg", [
     ("quickstart", None), ("quickstart", "smoke"), ("at", "pgd_at"),
-    ("at", "trades"), ("at", "mart"), ("at", "fgsm_rs"), ("at", "standard"),
+    ("at", "trades"), ("at", "mart"), ("at", "mart_wrn"), ("at", "fgsm_rs"), ("at", "standard"),
     ("at", "trades,smoke,model=wrn34_10")])
 def test_training_configs_validate(name, arg):
   config = importlib.import_module(f"configs.{name}").get_config(arg)

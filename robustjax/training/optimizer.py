@@ -7,6 +7,7 @@ the momentum buffer), so the numbers here mean what they mean in the papers.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -17,11 +18,28 @@ from robustjax.errors import ConfigError
 SCHEDULES = ("constant", "piecewise", "cosine", "cyclic")
 
 
+def boundary_step(fraction: float, total_steps: int) -> int:
+  """The first step of a piecewise drop at ``fraction`` of training.
+
+  ``floor(fraction * total_steps)``, except that a product within rounding
+  error of an integer is that integer: a drop given as ``74 / N`` of
+  ``N * steps_per_epoch`` steps lands on step ``74 * steps_per_epoch`` even
+  where the float product comes out a hair below it (N = 98, 390 steps per
+  epoch: 28859.999999999996).
+  """
+  exact = fraction * total_steps
+  nearest = round(exact)
+  if math.isclose(exact, nearest, rel_tol=1e-9, abs_tol=1e-9):
+    return int(nearest)
+  return math.floor(exact)
+
+
 def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
   """The learning rate as a function of the step.
 
   ``piecewise``: ``lr`` times ``decay`` at each boundary, boundaries given as
-  fractions of ``total_steps`` (Madry / Rice: 0.5 and 0.75 of training).
+  fractions of ``total_steps`` (Madry / Rice: 0.5 and 0.75 of training); the
+  drop starts at ``boundary_step(fraction, total_steps)``.
   ``cosine``: cosine decay to 0. ``cyclic``: the triangle of Wong et al.'s
   fast AT, 0 -> ``lr`` at ``peak_fraction`` of training -> 0.
   ``warmup_steps`` prepends a linear warm-up from 0 (not for ``cyclic``).
@@ -41,8 +59,8 @@ def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
   if name == "constant":
     main = optax.constant_schedule(lr)
   elif name == "piecewise":
-    boundaries = {int(float(b) * total_steps) - warmup: float(cfg.decay)
-                  for b in cfg.boundaries}
+    boundaries = {boundary_step(float(b), total_steps) - warmup:
+                  float(cfg.decay) for b in cfg.boundaries}
     main = optax.piecewise_constant_schedule(lr, boundaries)
   else:
     main = optax.cosine_decay_schedule(lr, decay_steps)

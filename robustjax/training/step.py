@@ -70,6 +70,10 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
   backward passes and reduce-scatters the gradients, so the update and the
   optimizer state stay sharded. Metrics are batch means (fractions for
   accuracies) plus ``lr`` and ``grad_norm``.
+
+  BatchNorm statistics go through, in order: the objective's
+  ``attack_with_stats`` (train-mode attacks only), its ``loss`` and its
+  ``after_update`` (a forward pass with the new parameters), each where set.
   """
   replicated = sharding.replicated(mesh)
   if state_sharding is None:
@@ -91,16 +95,29 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation,
               else state.params)
     variables = {"params": params, "batch_stats": state.batch_stats}
     x_adv = None
-    if objective.attack is not None:
+    batch_stats = state.batch_stats
+    if objective.attack_with_stats is not None:
+      # A train-mode attack (objective.attack_bn='train'): its forward passes
+      # update the running statistics before the loss's do.
+      x_adv, batch_stats = objective.attack_with_stats(
+          params, batch_stats, x, labels, attack_key)
+      x_adv = jax.lax.stop_gradient(x_adv)
+    elif objective.attack is not None:
       x_adv = jax.lax.stop_gradient(
           objective.attack(variables, x, labels, attack_key))
     grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
     (_, (batch_stats, metrics)), grads = grad_fn(
-        params, state.batch_stats, x, x_adv, labels)
+        params, batch_stats, x, x_adv, labels)
     if fsdp:
       grads = sharding.fsdp_scatter(grads, state_sharding.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if objective.after_update is not None:
+      # A forward pass with the updated weights, for its statistics only
+      # (robust_overfitting's clean train-mode pass after the step).
+      batch_stats = objective.after_update(
+          sharding.fsdp_gather(params, mesh) if fsdp else params,
+          batch_stats, x)
     metrics = dict(metrics, lr=schedule(state.step),
                    grad_norm=optax.global_norm(grads))
     new_state = TrainState(step=state.step + 1, params=params,
