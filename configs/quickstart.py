@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg)
   c = common.base_config()
   c.model.update(name="resnet18", width=0.25)
-  c.objective.update(name="fgsm_rs", step_size=10 / 255, steps=1)
+  common.set_objective(c, "fgsm_rs", step_size=10 / 255)
   c.batch_size = 128
   c.num_epochs = 3.0
   c.optimizer.update(lr=0.2, weight_decay=5e-4, schedule="cyclic",

@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base_config()
   c.dataset.classes = classes
   c.model.update(name=args["model"], width=float(args["width"]))
-  c.objective.name = "standard"
+  common.set_objective(c, "standard")
   c.eval.attack = common.pgd_attack(0)        # clean accuracy only
   c.final_eval.attack = common.pgd_attack(0)
   c.checkpoint.best_metric = "clean_acc"

@@ -57,7 +57,7 @@ def _listing(path):
     ({"dataset.name": "imagenet"}, "unknown dataset"),
     ({"objective.name": "free_at"}, "unknown objective 'free_at'"),
     ({"task": "distill"}, "unknown task 'distill'"),
-    ({"objective.eps": 8.0}, "outside [0, 1]"),
+    ({"objective.attack.eps": 8.0}, "outside [0, 1]"),
     ({"eval.attack.eps": -0.1}, "outside [0, 1]"),
     ({"dataset.data_dir": "/nonexistent/cifar"}, "/nonexistent/cifar"),
 ])

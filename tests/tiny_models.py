@@ -149,3 +149,19 @@ def save_checkpoint(workdir, variables, spec: dict, step: int) -> str:
                    "step": np.int32(step)}, {"model": spec})
   ckpt.close()
   return workdir
+
+
+def objective_params(name: str, *, eps: float = 8 / 255,
+                     step_size: float = 2 / 255, steps: int = 2,
+                     beta: float = 6.0, random_start: bool = True,
+                     attack_bn: str = "eval") -> dict:
+  """``make_objective``'s params for objective ``name`` with its reference
+  attack at these budgets (``random_start=False``: start at x)."""
+  from robustjax.training import objectives
+  attack = dict(objectives.reference_attack(name) or {"name": "pgd"},
+                eps=eps, step_size=step_size)
+  if attack["name"] == "pgd":
+    attack["steps"] = steps
+  if not random_start:
+    attack["start"] = "zero"
+  return dict(name=name, beta=beta, attack_bn=attack_bn, attack=attack)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax.attacks import iterative as it
+from robustjax.attacks import registry
 from robustjax.attacks.losses import cross_entropy, dlr, targeted_dlr
 from robustjax.attacks.pgd import (NORMS, _check_choice, _check_eps,
                                    _check_images, _check_labels, _static_float,
@@ -275,3 +276,85 @@ def apgd(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
     robust = robust & state["robust"]
   return jax.lax.stop_gradient(x_adv), robust
 
+
+
+# ---------------------------------------------------------------------------
+# The registered forms (robustjax.attacks.registry): ``apgd-ce``,
+# ``apgd-dlr`` and ``apgd-t`` with AutoAttack's defaults.
+
+_APGD_DEFAULTS = dict(eps=8 / 255, norm="linf", steps=100, restarts=1,
+                      rho=0.75, eot_iter=1)
+
+
+def _check_apgd(p: dict) -> None:
+  check_args(p["eps"], p["norm"], "ce", p["steps"], p["rho"], p["eot_iter"],
+             p["restarts"])
+  if "n_target_classes" in p:
+    _static_int("n_target_classes", p["n_target_classes"], 1)
+
+
+def _finish(state: it.State, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  robust = state["robust"]
+  return it.where_b(robust, x, state["x_best_adv"]), robust
+
+
+def _apgd_stepwise(loss: str) -> Callable[..., registry.Stepwise]:
+  """The chunked form of APGD with ``loss`` for AutoAttack's driver."""
+  targeted = loss == "dlr-targeted"
+
+  def build(*, eps, norm, steps, restarts, rho, eot_iter,
+            n_target_classes=None) -> registry.Stepwise:
+    del n_target_classes  # the driver picks the targets
+    kwargs = dict(eps=eps, norm=norm, loss=loss, eot_iter=eot_iter)
+
+    def init(model, x, y, target, keys):
+      return init_state(model, x, y, keys, target=target if targeted
+                        else None, **kwargs)
+
+    def step(model, x, y, target, keys):
+      return make_step(model, x, y, keys, steps=steps, rho=rho,
+                       target=target if targeted else None, **kwargs)
+
+    return registry.Stepwise(init, step, _finish, steps, targeted=targeted,
+                             restarts=1 if targeted else restarts)
+  return build
+
+
+def _label(name: str) -> Callable[[dict], str]:
+  return lambda p: f"{name}{int(p['steps'])}"
+
+
+def _register_untargeted(name: str, loss: str) -> None:
+  @registry.register(name, defaults=_APGD_DEFAULTS, label=_label(name),
+                     check=_check_apgd, stepwise=_apgd_stepwise(loss))
+  def attack(logits_fn, x, y, key, *, eps, norm, steps, restarts, rho,
+             eot_iter):
+    return apgd(logits_fn, x, y, key=key, eps=eps, norm=norm, steps=steps,
+                loss=loss, restarts=restarts, rho=rho, eot_iter=eot_iter)[0]
+  attack.__doc__ = f"``{name}`` by name: APGD maximising {loss.upper()}."
+
+
+_register_untargeted("apgd-ce", "ce")
+_register_untargeted("apgd-dlr", "dlr")
+
+
+@registry.register(
+    "apgd-t", defaults=dict(_APGD_DEFAULTS, n_target_classes=9),
+    label=_label("apgd-t"), check=_check_apgd,
+    stepwise=_apgd_stepwise("dlr-targeted"))
+def apgd_targeted(logits_fn, x, y, key, *, eps, norm, steps, restarts, rho,
+                  eot_iter, n_target_classes):
+  """``apgd-t`` by name: targeted-DLR APGD towards each of the
+  ``n_target_classes`` highest non-true classes of the clean logits in
+  turn; an example keeps its first success (AutoAttack's APGD-T)."""
+  ranking = jnp.argsort(-jax.lax.stop_gradient(logits_fn(x)), axis=-1)
+  keys = it.example_keys(key, x.shape[0])
+  x_adv, robust = x, jnp.ones(x.shape[:1], bool)
+  for r in range(1, min(n_target_classes, ranking.shape[1] - 1) + 1):
+    found, still = apgd(logits_fn, x, y, key=it.fold_in_each(keys, r),
+                        eps=eps, norm=norm, steps=steps,
+                        loss="dlr-targeted", target=ranking[:, r],
+                        restarts=restarts, rho=rho, eot_iter=eot_iter)
+    x_adv = it.where_b(robust & ~still, found, x_adv)
+    robust = robust & still
+  return x_adv

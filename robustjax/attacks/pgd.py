@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax.attacks import registry
 from robustjax.attacks.losses import (LOSSES, cross_entropy, cw_margin,
-                                      targeted_dlr)
+                                      kl_divergence, targeted_dlr)
 from robustjax.errors import ConfigError
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -469,3 +470,79 @@ def pgd(logits_fn: LogitsFn,
     best_value = jnp.where(take, value, best_value)
     best_success = best_success | success
   return jax.lax.stop_gradient(best_x)
+
+
+# ---------------------------------------------------------------------------
+# The registered forms (robustjax.attacks.registry): the names configs use.
+
+PGD_LOSSES = tuple(LOSSES) + ("kl",)
+
+
+def _check_pgd(p: dict[str, Any]) -> None:
+  _check_eps(p["eps"])
+  _check_step_size(p["step_size"])
+  _static_int("steps", p["steps"], 0)
+  _static_int("restarts", p["restarts"], 1)
+  _check_choice("norm", p["norm"], NORMS)
+  _check_choice("loss", p["loss"], PGD_LOSSES)
+  _check_choice("start", p["start"], INITS)
+  if (p["loss"] == "kl" or p["start"] == "normal") and p["restarts"] != 1:
+    raise ConfigError("pgd with loss='kl' or start='normal' (the TRADES / "
+                      "MART inner maximisation) runs once; set restarts=1")
+
+
+def _pgd_label(p: dict[str, Any]) -> str:
+  restarts = int(p["restarts"])
+  return f"pgd{int(p['steps'])}" + (f"x{restarts}" if restarts > 1 else "")
+
+
+@registry.register(
+    "pgd", defaults=dict(eps=8 / 255, step_size=2 / 255, steps=10,
+                         restarts=1, norm="linf", loss="ce", start="uniform"),
+    label=_pgd_label, check=_check_pgd)
+def pgd_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
+               key: jax.Array | None, *, eps: float, step_size: float,
+               steps: int, restarts: int, norm: str, loss: str,
+               start: str) -> jax.Array:
+  """``pgd`` by name. ``start``: ``'uniform'`` in the ball, ``'zero'`` (at
+  ``x``) or ``'normal'`` (``x + 0.001 N(0, I)``, TRADES's and MART's start).
+  ``loss='kl'`` maximises ``KL(f(x) || f(x_adv))`` from the clean
+  prediction, label-free: TRADES's inner maximisation."""
+  if loss == "kl" or start == "normal":
+    # The TRADES / MART inner maximisation: one run from the key as given.
+    if loss == "kl":
+      clean = jax.lax.stop_gradient(logits_fn(x))
+      objective = lambda z: kl_divergence(clean, logits_fn(z))  # noqa: E731
+    else:
+      label_objective = _label_objective(loss, _check_labels("y", y, x),
+                                         False, None)
+      objective = lambda z: label_objective(logits_fn(z))  # noqa: E731
+    return projected_gradient_ascent(objective, x, key=key, eps=eps,
+                                     step_size=step_size, steps=steps,
+                                     norm=norm, init=start)
+  return pgd(logits_fn, x, y, key=key, eps=eps, step_size=step_size,
+             steps=steps, norm=norm, random_start=start == "uniform",
+             restarts=restarts, loss=loss)
+
+
+def _check_fgsm(p: dict[str, Any]) -> None:
+  _check_eps(p["eps"])
+  if p["step_size"] is not None:
+    _check_step_size(p["step_size"])
+  _check_choice("loss", p["loss"], tuple(LOSSES))
+  _check_choice("start", p["start"], ("zero", "uniform"))
+
+
+@registry.register(
+    "fgsm", defaults=dict(eps=8 / 255, step_size=None, loss="ce",
+                          start="zero"),
+    label=lambda p: "fgsm" if p["start"] == "zero" else "fgsm-rs",
+    check=_check_fgsm)
+def fgsm_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
+                key: jax.Array | None, *, eps: float,
+                step_size: float | None, loss: str, start: str) -> jax.Array:
+  """``fgsm`` by name; ``start='uniform'`` is FGSM-RS (Wong et al. 2020),
+  whose default step is ``1.25 * eps``."""
+  return fgsm(logits_fn, x, y, eps=eps, key=key,
+              random_start=start == "uniform", step_size=step_size,
+              loss=loss)

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax.attacks import iterative as it
+from robustjax.attacks import registry
 from robustjax.attacks.pgd import (NORMS, _check_choice, _check_eps,
                                    _check_images, _check_labels, _static_float,
                                    _static_int)
@@ -355,3 +356,41 @@ def square(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
   state = it.run_steps(step, state, 0, n_queries)
   robust = state["margin"] > 0.0
   return it.where_b(robust, x, state["x_best"]), robust
+
+
+# ---------------------------------------------------------------------------
+# The registered form (robustjax.attacks.registry): ``square``.
+
+
+def _square_stepwise(*, eps, norm, n_queries, p_init) -> registry.Stepwise:
+
+  def init(model, x, y, target, keys):
+    del target
+    return init_state(model, x, y, keys, eps=eps, norm=norm)
+
+  def step(model, x, y, target, keys):
+    del target
+    return make_step(model, x, y, keys, eps=eps, norm=norm,
+                     n_queries=n_queries, p_init=p_init)
+
+  def finish(state, x):
+    robust = state["margin"] > 0.0
+    return it.where_b(robust, x, state["x_best"]), robust
+
+  # One forward pass per query: cheap steps, so long chunks; a batch whose
+  # points are all broken stops early.
+  return registry.Stepwise(init, step, finish, n_queries, min_chunk=25,
+                           still_robust=lambda state: state["margin"] > 0.0)
+
+
+@registry.register(
+    "square", defaults=dict(eps=8 / 255, norm="linf", n_queries=5000,
+                            p_init=0.8),
+    label=lambda p: f"square{int(p['n_queries'])}",
+    check=lambda p: check_args(p["eps"], p["norm"], p["n_queries"],
+                               p["p_init"]),
+    stepwise=_square_stepwise)
+def square_attack(logits_fn, x, y, key, *, eps, norm, n_queries, p_init):
+  """``square`` by name: the Square Attack (score-based, no gradients)."""
+  return square(logits_fn, x, y, key=key, eps=eps, norm=norm,
+                n_queries=n_queries, p_init=p_init)[0]
