@@ -25,7 +25,7 @@ corruption (``rws fog coefficient 1.00: corrupted 61.0% | clean 80.2%``),
 one summary line per corruption, the composition lines, and writes
 ``WORKDIR/report.json``, ``signatures/*.rws`` and three PNGs.
 
-Arg keys: ``model=vgg16``, ``width=0.25``, ``epochs=E``, ``severity=5``,
+Arg keys: ``model=vgg16_rws``, ``width=0.25``, ``epochs=E``, ``severity=5``,
 ``k=7`` (layers kept), ``bits=0`` (0 = float32), ``n=500`` test points,
 ``target=DIR`` (patch another clean model from the same theta_pre:
 transfer), ``classes=0-4`` (``dataset.classes``: train or evaluate on those
@@ -52,7 +52,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, model="vgg16", width=0.25, epochs=0.0,
+  args = common.parse_arg(arg, model="vgg16_rws", width=0.25, epochs=0.0,
                           severity=5, init="", corruption="", root="",
                           corruptions="", k=7, bits=0, n=500, target="",
                           classes="")
@@ -109,8 +109,11 @@ def _analyze(args: dict, classes: str, smoke: bool
   c.coefficients = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
   c.composition = "linear"            # linear (1 each) | reference ((1/K)^2)
   c.severity = int(args["severity"])
-  c.batch_stats = "keep"              # keep | recompute | average
-  c.bn_batches = 20
+  # average (the reference's rule: BN and shortcut tensors averaged over
+  # the robust models, statistics re-estimated on the corrupted training
+  # data; a no-op for BN-free VGG-16) | keep | recompute (clean data).
+  c.batch_stats = "average"
+  c.bn_batches = 0                    # per corruption; 0 = one full pass
   c.bn_batch_size = 128
   # classes: "" = the classes the target model was trained on (recorded
   # in its checkpoint; all when it recorded none).

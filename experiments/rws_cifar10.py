@@ -4,12 +4,14 @@ r"""Robust weight signatures on the embedded CIFAR-10, CPU-sized.
       > workdirs/rws.log 2>&1 &
 
 Stages (each skipped when its workdir already has a report.json, so a
-killed run resumes):
+killed run resumes; a report.json of another model is refused):
 
-1. ``pre``: theta_pre, VGG-16 without BN (width ``--width``, default 0.125:
-   channels 8..64, 0.23M parameters), trained from scratch on clean
-   CIFAR-10 for ``--pre_epochs`` (the reference starts from ImageNet
-   weights, which this repository does not have).
+1. ``pre``: theta_pre, ``--model`` (default ``vgg16_rws``: the reference
+   code's VGG-16 without BN, four max-pools and a global average pool) at
+   width ``--width`` (default 0.125: channels 8..64, 0.23M parameters),
+   trained from scratch on clean CIFAR-10 for ``--pre_epochs`` (the
+   reference starts from ImageNet weights, which this repository does not
+   have).
 2. ``clean`` and one model per corruption in ``--corruptions`` (severity
    5, 100% of the training images corrupted), each fine-tuned from
    theta_pre for ``--ft_epochs`` with the reference's optimiser (SGD 0.01,
@@ -56,6 +58,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 from configs import rws as rws_config  # noqa: E402
 
 _ROOT = flags.DEFINE_string("root", "workdirs/rws", "Folder of the runs.")
+_MODEL = flags.DEFINE_string(
+    "model", "vgg16_rws", "Network of every model (vgg16_rws: the RWS "
+    "reference's VGG-16; vgg16: five max-pools).")
 _WIDTH = flags.DEFINE_float("width", 0.125, "VGG-16 width multiplier.")
 _CORR = flags.DEFINE_string("corruptions",
                             "gaussian_noise+contrast+fog+pixelate",
@@ -79,7 +84,17 @@ _B_CORR = flags.DEFINE_string(
 
 
 def _done(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, "report.json"))
+  """Whether ``workdir`` holds a finished model of ``--model``; a finished
+  model of another network is refused, as resuming would mix networks."""
+  path = os.path.join(workdir, "report.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    have = (json.load(f).get("model") or {}).get("name", _MODEL.value)
+  if have != _MODEL.value:
+    raise SystemExit(f"{workdir} holds a {have} model but --model is "
+                     f"{_MODEL.value}; pass another --root")
+  return True
 
 
 def _train(arg: str, workdir: str, epochs: float, **overrides) -> None:
@@ -87,7 +102,8 @@ def _train(arg: str, workdir: str, epochs: float, **overrides) -> None:
   if _done(workdir):
     print(f"skip {workdir} (report.json exists)", flush=True)
     return
-  c = rws_config.get_config(f"{arg},model=vgg16,width={_WIDTH.value}")
+  c = rws_config.get_config(
+      f"{arg},model={_MODEL.value},width={_WIDTH.value}")
   c.num_epochs = epochs
   c.progress_bar = False
   c.log_every = 100
@@ -170,7 +186,8 @@ def transfer() -> None:
   out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                      "rws_transfer_classes.json")
   results = {"settings": {
-      "theta_pre": pre, "width": _WIDTH.value, "ft_epochs": _FT.value,
+      "theta_pre": pre, "model": _MODEL.value, "width": _WIDTH.value,
+      "ft_epochs": _FT.value,
       "k": _K.value, "bits": _BITS.value, "n": _N.value,
       "classes_a": _CLASSES_A.value, "classes_b": _CLASSES_B.value,
       "corruptions": names, "b_corruptions": b_names,
@@ -219,6 +236,7 @@ def main(argv) -> None:
   if _TRANSFER.value:
     transfer()
     return
+  start = time.time()
   root = _ROOT.value.rstrip("/")
   names = [n for n in _CORR.value.split("+") if n]
   # No BN: a short warm-up keeps the from-scratch start stable.
@@ -235,11 +253,17 @@ def main(argv) -> None:
   report = tasks.run(c, f"{root}/analysis")
   out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
   os.makedirs(out, exist_ok=True)
-  report["settings"] = {"width": _WIDTH.value, "pre_epochs": _PRE.value,
-                        "ft_epochs": _FT.value, "k": _K.value,
-                        "bits": _BITS.value, "n": _N.value,
+  report["settings"] = {"model": _MODEL.value, "width": _WIDTH.value,
+                        "pre_epochs": _PRE.value, "ft_epochs": _FT.value,
+                        "k": _K.value, "bits": _BITS.value, "n": _N.value,
                         "corruptions": names,
-                        "analysis_seconds": round(time.time() - t, 1)}
+                        "analysis_seconds": round(time.time() - t, 1),
+                        # Stages with a report.json are skipped, so this
+                        # is the time of this invocation only.
+                        "seconds_this_invocation": round(
+                            time.time() - start, 1),
+                        "command": " ".join(sys.argv),
+                        "date": time.strftime("%Y-%m-%d")}
   with open(os.path.join(out, "rws_cifar10.json"), "w") as f:
     json.dump(report, f, indent=1)
   for png in ("depth_profile", "similarity", "scaling"):

@@ -20,8 +20,8 @@ from robustjax.errors import ConfigError
 from robustjax.models import layers
 
 ALL_MODELS = ("preact_resnet18", "resnet18", "resnet34", "small_cnn", "vgg16",
-              "vit_b", "wrn28_10", "wrn34_10", "wrn70_16")
-BN_FREE_MODELS = ("vgg16", "vit_b")
+              "vgg16_rws", "vit_b", "wrn28_10", "wrn34_10", "wrn70_16")
+BN_FREE_MODELS = ("vgg16", "vgg16_rws", "vit_b")
 SMALL_WIDTH = 0.125
 # flax's automatic submodule names look like Conv_0, BatchNorm_3, block_1.
 AUTO_NAME = re.compile(r"_[0-9]+$")
@@ -44,6 +44,8 @@ EXPECTED_PARAM_COUNTS = {
     "wrn34_10": 46_160_474,
     "wrn28_10": 36_479_194,
     "vgg16": 14_728_266 - 2 * (2 * 64 + 2 * 128 + 3 * 256 + 6 * 512),
+    # The RWS VGG-16 differs from vgg16 only in a max-pool (no parameters).
+    "vgg16_rws": 14_728_266 - 2 * (2 * 64 + 2 * 128 + 3 * 256 + 6 * 512),
     "small_cnn": 330_730,
     # WRN-70-16 as in Gowal et al. (~267M); ViT-B/4 with 10 classes: see
     # test_vit_b_param_count for the sum.
@@ -149,7 +151,8 @@ def test_64px_inputs(name, num_classes):
   assert logits.shape == (2, num_classes)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "wrn28_10", "vgg16"])
+@pytest.mark.parametrize("name", ["resnet18", "wrn28_10", "vgg16",
+                                  "vgg16_rws"])
 def test_head_width_independent_of_input_size(name):
   """Global average pooling: the same parameters serve 32x32 and 64x64."""
   model = models.create_model(name)
@@ -199,6 +202,8 @@ EXPECTED_PATHS = {
     "wrn28_10": ["stage3/block3/conv2/kernel", "final_bn/scale"],
     "vgg16": ["features/conv0/kernel", "features/conv0/bias",
               "features/conv12/kernel", "head/dense/kernel"],
+    "vgg16_rws": ["features/conv0/kernel", "features/conv0/bias",
+                  "features/conv12/kernel", "head/dense/kernel"],
     "small_cnn": ["conv1/kernel", "bn1/scale", "conv4/kernel", "bn4/bias",
                   "fc1/kernel", "head/dense/kernel"],
     "wrn70_16": ["stage1/block0/shortcut/conv/kernel",
@@ -363,6 +368,90 @@ def test_conv_init_is_kaiming_normal_fan_out():
 
 
 # --- large models: WRN-70-16 and ViT-B (traced only) -------------------------
+
+
+# --- VGG-16 of the RWS code against a PyTorch twin --------------------------
+
+
+def _torch_rws_vgg16(num_classes, mean, std):
+  """The VGG-16 of VITA-Group/Robust_Weight_Signatures (models/vgg.py),
+  written out in PyTorch: config D, 13 convs with bias + ReLU and a max-pool
+  after the first four groups only, AdaptiveAvgPool2d(1), Linear(512, C),
+  the input normalisation inside. NCHW."""
+  import torch
+  from torch import nn as tnn
+
+  config = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512,
+            "M", 512, 512, 512]
+  layers, channels = [], 3
+  for v in config:
+    if v == "M":
+      layers.append(tnn.MaxPool2d(kernel_size=2, stride=2))
+    else:
+      layers += [tnn.Conv2d(channels, v, kernel_size=3, padding=1),
+                 tnn.ReLU()]
+      channels = v
+
+  class Twin(tnn.Module):
+    def __init__(self):
+      super().__init__()
+      self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+      self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+      self.features = tnn.Sequential(*layers)
+      self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
+      self.classifier = tnn.Linear(512, num_classes)
+
+    def forward(self, x):
+      x = self.features((x - self.mean) / self.std)
+      return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+  return Twin()
+
+
+def _load_into_twin(twin, params):
+  """Copies flax VGG params into the twin: conv kernels HWIO -> OIHW,
+  dense kernels [in, out] -> [out, in]."""
+  import torch
+  convs = [m for m in twin.features if isinstance(m, torch.nn.Conv2d)]
+  assert len(convs) == 13
+  with torch.no_grad():
+    for i, m in enumerate(convs):
+      p = params["features"][f"conv{i}"]
+      m.weight.copy_(torch.from_numpy(
+          np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()))
+      m.bias.copy_(torch.from_numpy(np.asarray(p["bias"])))
+    twin.classifier.weight.copy_(torch.from_numpy(
+        np.asarray(params["head"]["dense"]["kernel"]).T.copy()))
+    twin.classifier.bias.copy_(torch.from_numpy(
+        np.asarray(params["head"]["dense"]["bias"])))
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_vgg16_rws_equals_the_reference_network(size):
+  """vgg16_rws at width 1 computes the RWS code's VGG-16 (a PyTorch twin
+  with the same weights); vgg16, with its fifth max-pool, does not."""
+  import torch
+  torch.set_num_threads(1)
+  rng = np.random.default_rng(0)
+  model = models.create_model("vgg16_rws", num_classes=10)
+  variables = jax.tree.map(np.asarray, _real_init(model, _images()))
+  # Non-zero biases, so a bias copied to the wrong place shows.
+  params = jax.tree.map(
+      lambda x: (x + 0.05 * rng.standard_normal(x.shape)).astype(x.dtype)
+      if x.ndim == 1 else x, variables["params"])
+  twin = _torch_rws_vgg16(10, models.CIFAR10_MEAN, models.CIFAR10_STD)
+  _load_into_twin(twin, params)
+  x = np.asarray(_images(batch=3, size=size, seed=1))
+  with torch.no_grad():
+    want = twin(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+  got = np.asarray(jax.jit(model.apply)({"params": params}, x))
+  scale = float(np.abs(want).max())
+  assert scale > 1e-3  # a non-trivial function of the input
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+  # The five-pool vgg16 holds the same parameters but another function.
+  other = np.asarray(jax.jit(models.create_model("vgg16", num_classes=10)
+                             .apply)({"params": params}, x))
+  assert np.abs(other - want).max() > 100 * 1e-4 * scale
 
 
 def test_vit_b_param_count():

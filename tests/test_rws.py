@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -265,8 +266,10 @@ def test_batch_stats_options(family):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
                redone["batch_stats"], want)
   robust = [f["brightness"], f["contrast"]]
+  # blend=0: the robust mean of the statistics, no re-estimate mixed in.
   avg = rws.patch_variables(base, sig, batch_stats="average",
-                            robust_variables=robust)
+                            robust_variables=robust, stats_fn=stats_fn,
+                            batches=images, blend=0.0)
   mean_scale = (f["brightness"]["params"]["bn3"]["scale"].astype(np.float64)
                 + f["contrast"]["params"]["bn3"]["scale"]) / 2
   np.testing.assert_allclose(avg["params"]["bn3"]["scale"], mean_scale,
@@ -282,6 +285,213 @@ def test_batch_stats_options(family):
   with pytest.raises(ConfigError, match="one of keep, recompute, average"):
     rws.patch_variables(base, sig, batch_stats="reset")
   assert batchnorm.is_bn("bn1/scale") and not batchnorm.is_bn("conv1/kernel")
+
+
+class _TinyResNet(nn.Module):
+  """A ResNet in miniature with robustjax's names: ``stem/{conv,bn}``, one
+  downsampling block ``block/{conv1,bn1,conv2,bn2}`` with a projection
+  shortcut ``block/shortcut/{conv,bn}``, ``head/dense``. ``momentum`` is
+  Flax's (the kept fraction of the running statistics)."""
+
+  momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    def bn(name):
+      return nn.BatchNorm(use_running_average=not train,
+                          momentum=self.momentum, epsilon=1e-5, name=name)
+
+    class Stem(nn.Module):
+      @nn.compact
+      def __call__(s, x):
+        return nn.relu(bn("bn")(nn.Conv(4, (3, 3), name="conv")(x)))
+
+    class Shortcut(nn.Module):
+      @nn.compact
+      def __call__(s, x):
+        return bn("bn")(nn.Conv(6, (1, 1), (2, 2), use_bias=False,
+                                name="conv")(x))
+
+    class Block(nn.Module):
+      @nn.compact
+      def __call__(s, x):
+        y = nn.relu(bn("bn1")(nn.Conv(6, (3, 3), (2, 2), use_bias=False,
+                                      name="conv1")(x)))
+        y = bn("bn2")(nn.Conv(6, (3, 3), use_bias=False, name="conv2")(y))
+        return nn.relu(y + Shortcut(name="shortcut")(x))
+
+    x = Block(name="block")(Stem(name="stem")(x))
+    return nn.Dense(10, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+def _torch_key(path):
+  """A robustjax path of ``_TinyResNet`` -> the reference's (torchvision)
+  state-dict key, e.g. ``block/shortcut/bn/var`` ->
+  ``layer1.0.downsample.1.running_var``."""
+  *layer, leaf = path.split("/")
+  layer = "/".join(layer)
+  layer = {"stem/conv": "conv1", "stem/bn": "bn1", "head": "fc",
+           "block/shortcut/conv": "layer1.0.downsample.0",
+           "block/shortcut/bn": "layer1.0.downsample.1"}.get(
+               layer, layer.replace("block/", "layer1.0."))
+  leaf = {"kernel": "weight", "scale": "weight", "mean": "running_mean",
+          "var": "running_var"}.get(leaf, leaf)
+  return f"{layer}.{leaf}"
+
+
+@pytest.fixture(scope="module")
+def resnet_family():
+  """A tiny ResNet: theta_pre, a clean and two robust models."""
+  model = _TinyResNet()
+  pre = jax.tree.map(np.asarray, jax.jit(lambda k: model.init(
+      k, jnp.zeros((1, 8, 8, 3))))(jax.random.key(0)))
+  return model, {"pre": pre, "clean": _moved(pre, 1, 0.05),
+                 "fog": _moved(pre, 2, 0.05), "contrast": _moved(pre, 3, 0.05)}
+
+
+def test_average_follows_the_reference_rule(resnet_family):
+  """'average' equals the reference's decompose rule computed with numpy on
+  its state-dict keys: a key containing 'bn' or 'downsample' (BN tensors,
+  running statistics, the shortcut conv, at every depth) is the mean over
+  the robust models; another kept key is target + sum_i c_i v_i; the rest is
+  the target's."""
+  model, f = resnet_family
+  order = trees.traced_creation_order(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+  names, coefs = ["fog", "contrast"], [0.6, 1.3]
+  # k=5 layers by depth: stem conv and bn, block conv1, bn1, conv2.
+  sigs = [rws.extract(f["pre"]["params"], f["clean"]["params"],
+                      f[c]["params"], first_k=5, order=order) for c in names]
+  robust = [f[c] for c in names]
+  images = [np.asarray(jax.random.uniform(jax.random.key(9), (4, 8, 8, 3)))]
+  # blend=0: the statistics stay the robust mean (no re-estimation mixed
+  # in), i.e. the tree the reference has before its bn_update.
+  out = rws.patch_variables(
+      f["clean"], sigs, coefs, batch_stats="average", blend=0.0,
+      stats_fn=interpolate.flax_stats_fn(model.apply), batches=images,
+      robust_variables=robust)
+  # The reference rule, on torch keys, in numpy.
+  flat = {k: {**trees.flatten(v["params"]),
+             **trees.flatten(v["batch_stats"])} for k, v in f.items()}
+  kept = {_torch_key(p) for p in sigs[0].paths}
+  got = {**trees.flatten(out["params"]),
+         **trees.flatten(out["batch_stats"])}
+  assert len(got) == 23 and "layer1.0.downsample.0.weight" in {
+      _torch_key(p) for p in got}
+  averaged = set()
+  for ours in got:
+    key = _torch_key(ours)
+    if "bn" in key or "downsample" in key:
+      want = np.mean([flat[c][ours].astype(np.float64) for c in names], 0)
+      averaged.add(ours)
+    elif key in kept:
+      pre = flat["pre"][ours].astype(np.float64).ravel()
+      d_s = flat["clean"][ours].astype(np.float64).ravel() - pre
+      want = flat["clean"][ours].astype(np.float64).ravel()
+      for c, coef in zip(names, coefs):
+        d_c = flat[c][ours].astype(np.float64).ravel() - pre
+        want = want + coef * (d_c - (d_c @ d_s) / (d_s @ d_s) * d_s)
+      want = want.reshape(flat["pre"][ours].shape)
+    else:
+      want = flat["clean"][ours]
+    np.testing.assert_allclose(got[ours], want, rtol=1e-5, atol=1e-7,
+                               err_msg=f"{ours} ({key})")
+  # The rule reaches the shortcut conv and BN tensors outside the kept
+  # layers (block/bn2, block/shortcut/*).
+  assert {"block/shortcut/conv/kernel", "block/shortcut/bn/var",
+          "block/bn2/scale"} <= averaged
+  assert batchnorm.is_averaged("stage2/block0/shortcut/conv/kernel")
+  assert not batchnorm.is_averaged("stage2/block0/conv1/kernel")
+
+
+def _reference_bn_update(variables, batches):
+  """The reference's bn_update, literally: running statistics reset to 0
+  and 1, then one training step per batch with momentum b / (n + b)."""
+  stats = jax.tree.map(np.zeros_like, variables["batch_stats"])
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, x: np.ones_like(x) if path[-1].key == "var" else x, stats)
+  n = 0
+  for images in batches:
+    b = len(images)
+    torch_momentum = b / (n + b)
+    _, updates = _TinyResNet(momentum=1.0 - torch_momentum).apply(
+        {"params": variables["params"], "batch_stats": stats}, images,
+        train=True, mutable=["batch_stats"])
+    stats = jax.tree.map(np.asarray, updates["batch_stats"])
+    n += b
+  return stats
+
+
+def test_average_reestimates_statistics_on_corrupted_data(resnet_family):
+  """With coefficient 1 the running statistics become the cumulative
+  average over the corrupted batches (unequal sizes: weighted by size);
+  with coefficient 0.25 (the reference's alpha 0.5) half of it is blended
+  with the robust mean."""
+  from robustjax.data import corruptions
+  model, f = resnet_family
+  sig = rws.extract(f["pre"]["params"], f["clean"]["params"],
+                    f["fog"]["params"], first_k=3)
+  clean_images = np.asarray(jax.random.uniform(jax.random.key(5),
+                                               (8, 8, 8, 3)))
+  keys = jax.random.split(jax.random.key(6), 8)
+  foggy = np.asarray(corruptions.apply_per_example(
+      "fog", keys, jnp.asarray(clean_images), 5))
+  batches = [foggy[:5], foggy[5:]]
+  robust = [f["fog"], f["contrast"]]
+  stats_fn = interpolate.flax_stats_fn(model.apply)
+  out = rws.patch_variables(f["clean"], sig, 1.0, batch_stats="average",
+                            stats_fn=stats_fn, batches=batches,
+                            robust_variables=robust)
+  averaged_only = batchnorm.average_robust(f["clean"], robust)
+  patched = {"params": out["params"],
+             "batch_stats": averaged_only["batch_stats"]}
+  want = _reference_bn_update(patched, batches)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
+                                                       atol=1e-6),
+               out["batch_stats"], want)
+  # Changed from the robust mean, and not the clean data's statistics.
+  mean_of = lambda t: t["block"]["bn2"]["mean"]
+  assert not np.allclose(mean_of(out["batch_stats"]),
+                         mean_of(averaged_only["batch_stats"]), atol=1e-3)
+  on_clean = _reference_bn_update(patched, [clean_images[:5],
+                                            clean_images[5:]])
+  assert not np.allclose(mean_of(out["batch_stats"]), mean_of(on_clean),
+                         atol=1e-3)
+  # Coefficient 0.25 -> the reference's alpha = sqrt(0.25) = 0.5 < 1.
+  assert batchnorm.reference_alpha([0.25]) == 0.5
+  assert batchnorm.reference_alpha([0.25, 0.25]) == 1.0
+  quarter = rws.patch_variables(f["clean"], sig, 0.25,
+                                batch_stats="average", stats_fn=stats_fn,
+                                batches=batches, robust_variables=robust)
+  new = _reference_bn_update({"params": quarter["params"],
+                              "batch_stats": averaged_only["batch_stats"]},
+                             batches)
+  jax.tree.map(lambda q, a, b: np.testing.assert_allclose(
+      q, 0.5 * a + 0.5 * b, rtol=2e-5, atol=1e-6),
+      quarter["batch_stats"], averaged_only["batch_stats"], new)
+  # On a BN model, 'average' without data is refused.
+  with pytest.raises(ConfigError, match="corruptions' training images"):
+    rws.patch_variables(f["clean"], sig, batch_stats="average",
+                        robust_variables=robust)
+
+
+def test_corrupted_training_batches_are_the_training_images():
+  """The task's re-estimation data: the training split corrupted with the
+  corruption models' keys, one corruption after the other."""
+  from robustjax import data
+  from robustjax.data import corrupted
+  from robustjax.rws import task as rws_task
+  train = data.load_split("cifar10", "train")
+  split = data.ArraySplit(train.images[:50], train.labels[:50],
+                          train.num_classes, "train")
+  batches = list(rws_task.CorruptedTrainBatches(split, 5, 0, 0, 32)(
+      ["fog", "contrast"]))
+  assert [len(b) for b in batches] == [32, 18, 32, 18]
+  want = corrupted.corrupt_split(split, "fog", (5,), seed=0).images
+  np.testing.assert_allclose(np.concatenate(batches[:2]), want / 255.0,
+                             atol=1e-7)
+  sub = rws_task.CorruptedTrainBatches(split, 5, 0, 1, 16)
+  assert sub.images_per_corruption == 16
 
 
 def test_analysis_helpers(family):
@@ -374,6 +584,13 @@ def test_rws_task_through_launch(saved, tmp_path):
   assert report["per_corruption"]["contrast"]["robust_acc"] is not None
   assert report["storage"]["brightness"]["ratio_bits"] > 1
   assert report["depth_profile"]["brightness"][0]["layer"] == "conv1"
+  # The default is the reference's BN rule: small_cnn's BN tensors come
+  # from the robust mean (not the signature), statistics are re-estimated
+  # on 2 x 32 corrupted training images per corruption (smoke).
+  assert report["batch_stats"] == "average"
+  assert report["bn_reestimation"]["images_per_corruption"] == 64
+  assert report["averaged_params"] > 0
+  assert not any(batchnorm.is_averaged(p) for p in report["layers"])
   for png in ("depth_profile", "similarity", "scaling"):
     assert (workdir / f"{png}.png").stat().st_size > 1000
   sig = rws.load(str(workdir / "signatures" / "contrast.rws"))
@@ -434,6 +651,8 @@ def test_transfer_to_a_target_of_another_class_count(saved, family,
       f"analyze,smoke,root={root},corruptions=brightness,k=4,"
       f"target={target_dir}")
   config.theta_pre = f"{saved}/pre"
+  # The target with the signature added and nothing else (BN included).
+  config.batch_stats = "keep"
   workdir = str(tmp_path / "analysis")
   report = tasks.run(config, workdir)
   assert report["transfer"] and report["classes"] == [3, 4, 5]

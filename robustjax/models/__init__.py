@@ -20,9 +20,10 @@ Contract shared by every model:
 * Output: float32 logits [B, num_classes], whatever the compute ``dtype``;
   parameters are always float32.
 * BatchNorm follows PyTorch (momentum 0.1 in torch terms, eps 1e-5) and uses
-  running statistics when ``train=False``. BN-free models (``vgg16``) have no
-  ``batch_stats`` collection; ``mutable=["batch_stats"]`` then returns empty
-  updates, so callers need no special case.
+  running statistics when ``train=False``. BN-free models (``vgg16``,
+  ``vgg16_rws``) have no ``batch_stats`` collection;
+  ``mutable=["batch_stats"]`` then returns empty updates, so callers need no
+  special case.
 * ``width`` multiplies every channel count (rounded, at least 1).
 
 Parameter naming scheme (every submodule is named; no ``Conv_0`` names):
@@ -39,7 +40,8 @@ Parameter naming scheme (every submodule is named; no ``Conv_0`` names):
   ``encoder/layer{i}/{ln1,attn/{query,key,value,out},ln2,mlp/{fc1,fc2}}``,
   ``encoder/ln``, ``head/dense``; ``width`` scales the hidden size (heads of
   64 dimensions).
-* ``vgg16``: ``features/conv{0-12}`` (convs counted in order), ``head/dense``.
+* ``vgg16``, ``vgg16_rws``: ``features/conv{0-12}`` (convs counted in order),
+  ``head/dense``.
 * ``small_cnn``: ``conv{1-4}``, ``bn{1-4}``, ``fc1``, ``head/dense``.
 
 Stages and blocks count as in the papers' code: stages from 1, blocks within

@@ -1,8 +1,18 @@
 """VGG-16 for CIFAR, without BatchNorm (BN-free: the model has no batch_stats).
 
-Thirteen 3x3 convs with bias and ReLU in five groups, each group ending with
-a 2x2 max-pool, then one dense layer from 512 features to the logits (the
-CIFAR VGG of kuangliu/pytorch-cifar, minus its BatchNorm layers).
+Thirteen 3x3 convs with bias and ReLU (config D: 64, 64 | 128, 128 |
+256 x 3 | 512 x 3 | 512 x 3), global average pooling, then one dense layer
+from 512 features to the logits. Two registered variants differ only in
+their max-pools; their parameters have the same paths and shapes:
+
+* ``vgg16``: a 2x2 max-pool after each of the five groups (the CIFAR VGG of
+  kuangliu/pytorch-cifar, minus its BatchNorm layers). A 32x32 input is
+  1x1 before the head.
+* ``vgg16_rws``: no max-pool after the last group, four in all, as the VGG-16
+  of the robust weight signatures code (VITA-Group/Robust_Weight_Signatures,
+  ``models/vgg.py``). A 32x32 input is 2x2 before the head and is averaged
+  (that code's ``AdaptiveAvgPool2d(1)``). The RWS recipe (configs/rws.py)
+  uses this one.
 """
 
 from __future__ import annotations
@@ -21,6 +31,10 @@ POOL = "M"  # a 2x2 stride-2 max-pool in a layer list
 VGG16_LAYERS: tuple[Union[int, str], ...] = (
     64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL,
     512, 512, 512, POOL, 512, 512, 512, POOL)
+# The RWS code's config D: the same convs without the last pool, so the
+# head averages the last feature map (2x2 for a 32x32 input) where
+# ``vgg16`` takes its maximum.
+VGG16_RWS_LAYERS: tuple[Union[int, str], ...] = VGG16_LAYERS[:-1]
 
 
 class VGGFeatures(nn.Module):
@@ -49,11 +63,11 @@ class VGGFeatures(nn.Module):
 
 
 class VGG(nn.Module):
-  """VGG classifier without BatchNorm.
+  """VGG classifier without BatchNorm: features, global average pool, dense.
 
-  After five pools a 32x32 input is 1x1, where global average pooling is the
-  identity (so this equals the original flatten); a 64x64 input is 2x2 and
-  is averaged, keeping the head 512-wide at any input size.
+  The global average pool keeps the head 512-wide at any input size (after
+  five pools a 32x32 input is 1x1, where it is the identity; after four it
+  is 2x2 and averaged).
   Parameter paths: ``features/conv{0-12}``, ``head/dense``.
   x [B, H, W, 3] in [0, 1] -> float32 logits [B, num_classes].
   ``train`` is accepted for a uniform call signature and has no effect.
@@ -79,5 +93,14 @@ class VGG(nn.Module):
 @register("vgg16")
 def vgg16(num_classes: int, width: float, dtype: Dtype,
           mean: tuple[float, ...], std: tuple[float, ...]) -> VGG:
-  """VGG-16 without BN: 14.72M parameters at width 1 and 10 classes."""
+  """VGG-16 without BN, five max-pools: 14.72M parameters at width 1 and 10
+  classes."""
   return VGG(VGG16_LAYERS, num_classes, width, dtype, mean, std)
+
+
+@register("vgg16_rws")
+def vgg16_rws(num_classes: int, width: float, dtype: Dtype,
+              mean: tuple[float, ...], std: tuple[float, ...]) -> VGG:
+  """The RWS code's VGG-16 without BN, four max-pools (module doc); the
+  same 14.72M parameters as ``vgg16``, a different function."""
+  return VGG(VGG16_RWS_LAYERS, num_classes, width, dtype, mean, std)

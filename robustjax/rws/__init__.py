@@ -3,8 +3,10 @@
   signatures  project_out, quantize, extract, patch / unpatch / scale /
               compose, reference_coefficients
   fileformat  the ``.rws`` signature file: save / load (no pickle)
-  batchnorm   patch_variables: BatchNorm statistics kept, re-estimated or
-              averaged as the reference does
+  batchnorm   patch_variables: BatchNorm kept, re-estimated on clean data,
+              or the reference's rule (BN and shortcut tensors averaged
+              over the robust models, statistics re-estimated on
+              corrupted data)
   analysis    depth profile, similarity matrix, storage ratio
   task        the ``rws`` and ``rws_finetune`` tasks behind ``launch.py``
 

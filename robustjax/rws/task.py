@@ -25,6 +25,17 @@ save one signature per corruption, then measure:
   ``(1/K)^2`` each (``'reference'``);
 * ``storage``: signature size against the full model.
 
+BatchNorm (``batch_stats``, default ``'average'``, the reference's rule;
+``rws.batchnorm``): BN and shortcut tensors are the robust models' mean and
+are left out of the signatures; on a model with BatchNorm the running
+statistics are then re-estimated on the training split corrupted with each
+corruption patched in (``bn_batches`` batches of ``bn_batch_size`` per
+corruption; 0 = one pass over the split, as the reference), blended with the
+robust mean by ``rws.batchnorm.reference_alpha`` of the coefficients. A
+BN-free model (VGG-16) has none of these tensors: nothing changes there.
+``'keep'`` leaves the target's; ``'recompute'`` re-estimates on the clean
+training images (same batches).
+
 With ``target`` (transfer), the signatures patch another clean model from
 the same theta_pre, evaluated on the classes its checkpoint recorded
 (``target_dataset``); its class count may differ, as the head is never
@@ -216,10 +227,58 @@ class _Evaluator:
     return correct / max(count, 1.0)
 
 
-def _bn_batches(config: Any, dataset_cfg: Any, mesh):
-  return data.clean_float_batches(dataset_cfg, int(config.bn_batch_size),
-                                  int(config.bn_batches),
-                                  int(config.get("seed", 0)), mesh)
+class CorruptedTrainBatches:
+  """Float batches of the training split, corrupted with given corruptions
+  (or ``"clean"``), for re-estimating BatchNorm statistics
+  (``batch_stats='average'``; ``'recompute'`` uses the clean images).
+
+  Image i of the split is corrupted with the key the training data of the
+  corruption models used (``data.corrupted.corruption_key``), so with
+  ``num_batches=0`` a corruption's batches are that model's training images,
+  un-augmented. Each corrupted copy is made once (uint8) and reused.
+
+  Args:
+    split: the (clean) training split, uint8 ``[N, H, W, C]``.
+    severity, seed: of the corruptions.
+    num_batches: batches per corruption; 0 = all of ``split`` (the last
+      batch may be smaller), else a fixed random subset of
+      ``num_batches * batch_size`` images.
+    batch_size: images per batch.
+  """
+
+  def __init__(self, split: data.ArraySplit, severity: int, seed: int,
+               num_batches: int, batch_size: int):
+    if num_batches < 0 or batch_size < 1:
+      raise ConfigError(f"bn_batches={num_batches} and bn_batch_size="
+                        f"{batch_size}: use bn_batches >= 0 (0 = one pass) "
+                        "and bn_batch_size >= 1")
+    n = len(split)
+    if num_batches:
+      rows = np.sort(np.random.default_rng([seed, 2]).permutation(n)[
+          :min(n, num_batches * batch_size)])
+    else:
+      rows = np.arange(n)
+    self.images, self.rows = split.images[rows], rows
+    self.severity, self.seed, self.batch_size = severity, seed, batch_size
+    self._copies: dict[str, np.ndarray] = {}
+
+  @property
+  def images_per_corruption(self) -> int:
+    return len(self.rows)
+
+  def __call__(self, names: list[str]):
+    """One pass over each corruption's images in turn (``"clean"``: the
+    clean images): float32 ``[B, H, W, C]`` in [0, 1]."""
+    for name in names:
+      if name == "clean":
+        self._copies[name] = self.images
+      elif name not in self._copies:
+        self._copies[name] = corrupted.corrupt_images(
+            self.images, self.rows, name, self.severity, self.seed)
+      images = self._copies[name]
+      for start in range(0, len(images), self.batch_size):
+        yield images[start:start + self.batch_size].astype(
+            np.float32) / 255.0
 
 
 def target_dataset(dataset_cfg: Any, target_meta: dict[str, Any]):
@@ -272,7 +331,7 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
   if not coefficients or not all(np.isfinite(coefficients)):
     raise ConfigError("coefficients must be a non-empty list of finite "
                       "numbers, e.g. (0, 0.5, 1.0, 1.5)")
-  bn_mode = str(config.get("batch_stats", "keep"))
+  bn_mode = str(config.get("batch_stats", "average"))
   if bn_mode not in batchnorm.BATCH_STATS:
     raise ConfigError(f"batch_stats='{bn_mode}' is not one of "
                       f"{', '.join(batchnorm.BATCH_STATS)}")
@@ -321,6 +380,10 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
     sigs[name] = sig_lib.extract(
         loaded["theta_pre"]["params"], loaded["clean"]["params"],
         loaded[name]["params"], first_k=first_k, include=include,
+        # 'average' takes BN and shortcut tensors from the robust mean, so
+        # the signature leaves them out (the reference never projects them).
+        exclude=(batchnorm.AVERAGED_PATTERNS if bn_mode == "average"
+                 else ()),
         bits=bits, order=order,
         meta={"corruption": name, "severity": severity,
               "theta_pre": paths["theta_pre"], "clean": paths["clean"],
@@ -331,8 +394,15 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.get("num_devices") or None)
   stats_fn = interpolate.flax_stats_fn(target_model.apply)
   has_bn = bool(jax.tree.leaves(target["batch_stats"]))
-  bn_batches = _bn_batches(config, ds, mesh) if (
-      has_bn and bn_mode == "recompute") else None
+  train_batches = None
+  if has_bn and bn_mode != "keep":
+    train = data.sources.subset_from_config(data.load_split(
+        ds.name, "train", source=ds.source,
+        data_dir=ds.get("data_dir") or None), ds)
+    train_batches = CorruptedTrainBatches(
+        train, severity, int(config.get("seed", 0)),
+        int(config.get("bn_batches", 0)),
+        int(config.get("bn_batch_size", 128)))
   robust_vars = [_variables(loaded[c]) for c in names]
 
   # --- from here on files are written.
@@ -343,10 +413,16 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
                   severity, int(config.get("seed", 0)))
   base = _variables(target)
 
-  def patched(sig_list, coefs):
+  def patched(group, coefs):
+    """The target patched with the signatures of the corruptions in
+    ``group``; 'average' re-estimates on those corruptions' data."""
+    batches = None
+    if train_batches is not None:
+      batches = train_batches(list(group) if bn_mode == "average"
+                              else ["clean"])
     return batchnorm.patch_variables(
-        base, sig_list, coefs, batch_stats=bn_mode, stats_fn=stats_fn,
-        batches=bn_batches, robust_variables=robust_vars)
+        base, [sigs[c] for c in group], coefs, batch_stats=bn_mode,
+        stats_fn=stats_fn, batches=batches, robust_variables=robust_vars)
 
   report: dict[str, Any] = {
       "theta_pre": paths["theta_pre"], "clean": paths["clean"],
@@ -359,6 +435,19 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
       "classes": list(data.parse_classes(ds.classes, data.DATASETS[
           ds.name].num_classes) or range(split.num_classes)),
       "signature_files": files}
+  if bn_mode == "average":
+    # What 'average' ships besides the signatures: the robust models' mean
+    # of these tensors (none in a BN-free model).
+    report["averaged_params"] = int(sum(
+        np.size(v) for p, v in trees.flatten(target["params"]).items()
+        if batchnorm.is_averaged(p)))
+  if train_batches is not None:
+    report["bn_reestimation"] = {
+        "data": (f"training split corrupted at severity {severity}, each "
+                 "corruption patched in" if bn_mode == "average" else
+                 "clean training split"),
+        "images_per_corruption": train_batches.images_per_corruption,
+        "batch_size": train_batches.batch_size}
   profiles = {c: analysis.depth_profile(loaded["clean"]["params"],
                                         loaded[c]["params"], order)
               for c in names}
@@ -378,7 +467,7 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
   for c in names:
     curve = []
     for coef in coefficients:
-      v = base if coef == 0.0 else patched([sigs[c]], [coef])
+      v = base if coef == 0.0 else patched([c], [coef])
       point = {"coefficient": coef, "corrupted_acc": ev.accuracy(v, c),
                "clean_acc": clean_target if coef == 0.0 else
                ev.accuracy(v, "clean")}
@@ -387,7 +476,7 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
                    c, coef, 100 * point["corrupted_acc"],
                    100 * point["clean_acc"])
     scaling[c] = curve
-    one = patched([sigs[c]], [1.0])
+    one = patched([c], [1.0])
     per[c] = {"target_acc": ev.accuracy(base, c),
               "patched_acc": ev.accuracy(one, c),
               "robust_acc": (ev.accuracy(_variables(loaded[c]), c)
@@ -410,7 +499,7 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
   for group in groups:
     coefs = ([1.0] * len(group) if composition_mode == "linear" else
              sig_lib.reference_coefficients(1.0, len(group)))
-    v = patched([sigs[c] for c in group], coefs)
+    v = patched(group, coefs)
     row = {"signatures": group, "coefficients": coefs,
            "clean_acc": ev.accuracy(v, "clean"),
            "corrupted_acc": {c: ev.accuracy(v, c) for c in group}}
@@ -431,7 +520,10 @@ def run_rws(config: Any, workdir: str) -> dict[str, Any]:
   if jax.process_index() == 0:
     analysis.plot_depth_profile(profiles, os.path.join(
         workdir, "depth_profile.png"),
-        kept=len({trees.layer_of(p) for p in sigs[names[0]].paths}))
+        # first_k counts BN layers too, which 'average' leaves out of the
+        # signature.
+        kept=first_k or len({trees.layer_of(p)
+                             for p in sigs[names[0]].paths}))
     analysis.plot_similarity(sim, names, os.path.join(workdir,
                                                       "similarity.png"))
     analysis.plot_scaling(scaling, os.path.join(workdir, "scaling.png"))
