@@ -35,14 +35,14 @@ Other arg keys: ``model=NAME``, ``width=W``, ``dataset=cifar10|cifar100|svhn``
 (mixed precision for the training step, attack included; parameters,
 optimizer state and loss stay float32, and evaluation stays float32 unless
 ``--config.eval.dtype=bfloat16``; a GPU/TPU option: on a CPU it is hardly
-faster, see README "Mixed precision").
+faster, see docs/design.md).
 
 The full recipes are GPU/TPU jobs (110 epochs of PGD-10 on a ResNet-18 is
-about 2e17 FLOP). Expected results on real CIFAR-10 (papers / reference code,
-see README): PGD-AT ResNet-18 about 84 clean / 52 PGD-20; TRADES (beta 6)
+about 2e17 FLOP). Expected results on real CIFAR-10 (papers / reference
+code): PGD-AT ResNet-18 about 84 clean / 52 PGD-20; TRADES (beta 6)
 ResNet-18 about 82 / 53; MART ResNet-18 about 82 / 54; FGSM-RS PreAct-18
 about 86 / 46 (PGD-50-10). On this repository's JPEG copy of CIFAR-10 expect
-slightly lower numbers (see the data caveat in the README).
+slightly lower numbers (the data caveat in docs/design.md).
 
 It prints a progress bar, a ``step N val/test: clean X% | pgd10 Y%`` line at
 each evaluation and, at the end, ``report: WORKDIR/report.json {...}``.

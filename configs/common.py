@@ -40,20 +40,31 @@ def pgd_attack(steps: int, eps: float = EPS, step_size: float = 2 / 255,
       restarts=restarts, norm="linf", loss="ce", start="uniform"))
 
 
+def attack_config(name: str = "pgd", **params) -> ml_collections.ConfigDict:
+  """Registered attack ``name`` with every parameter spelled out (its
+  defaults, then ``params``), so each one can be set from the command line
+  (``--config.eval.attack.steps=50``)."""
+  from robustjax import attacks  # local: configs load light
+  block = attacks.defaults(name)
+  unknown = sorted(set(params) - set(block))
+  if unknown:
+    raise ValueError(f"attack {name} has no parameter {', '.join(unknown)}")
+  block.update(params)
+  return ml_collections.ConfigDict(dict(name=name, **block))
+
+
 def training_attack(objective: str, *, eps: float = EPS,
                     step_size: float = 2 / 255, steps: int = 10
                     ) -> ml_collections.ConfigDict:
   """The attack of training ``objective``'s reference (TRADES: KL-PGD from
   x + 0.001 N(0, I); MART: CE-PGD from there; FGSM-RS: FGSM from a uniform
-  start; PGD-AT: PGD), with these budgets."""
-  from robustjax.training import objectives  # local: configs load light
-  reference = objectives.reference_attack(objective) or {"name": "pgd"}
-  if reference["name"] == "fgsm":
-    return ml_collections.ConfigDict(dict(
-        reference, eps=eps, step_size=step_size, loss="ce"))
-  attack = pgd_attack(steps, eps=eps, step_size=step_size)
-  attack.update(reference)
-  return attack
+  start; PGD-AT: PGD), with these budgets, every parameter spelled out."""
+  from robustjax import attacks  # local: configs load light
+  from robustjax.training import objectives
+  attack = objectives.reference_params(
+      objective, eps=eps, step_size=step_size, steps=steps)["attack"]
+  return ml_collections.ConfigDict(
+      attacks.build(attack or {"name": "pgd"}).to_dict())
 
 
 def checkpoint_task(task: str, best: bool = False

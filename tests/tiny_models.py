@@ -158,10 +158,9 @@ def objective_params(name: str, *, eps: float = 8 / 255,
   """``make_objective``'s params for objective ``name`` with its reference
   attack at these budgets (``random_start=False``: start at x)."""
   from robustjax.training import objectives
-  attack = dict(objectives.reference_attack(name) or {"name": "pgd"},
-                eps=eps, step_size=step_size)
-  if attack["name"] == "pgd":
-    attack["steps"] = steps
+  params = objectives.reference_params(name, eps=eps, step_size=step_size,
+                                       steps=steps, beta=beta,
+                                       attack_bn=attack_bn)
   if not random_start:
-    attack["start"] = "zero"
-  return dict(name=name, beta=beta, attack_bn=attack_bn, attack=attack)
+    params["attack"]["start"] = "zero"
+  return params

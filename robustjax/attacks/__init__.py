@@ -22,7 +22,7 @@ from robustjax.attacks.losses import (LOSSES, cross_entropy, cw_margin, dlr,
 from robustjax.attacks.pgd import (attack_success, fgsm, pgd,
                                    projected_gradient_ascent)
 from robustjax.attacks.registry import (Attack, available_attacks, build,
-                                        register)
+                                        defaults, register)
 
 __all__ = [
     "Attack",
@@ -34,6 +34,7 @@ __all__ = [
     "config_for",
     "cross_entropy",
     "cw_margin",
+    "defaults",
     "dlr",
     "fab_targeted",
     "fgsm",

@@ -36,12 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.attacks import iterative as it
-from robustjax.attacks import registry
+from robustjax.attacks import checks, iterative as it, registry
 from robustjax.attacks.losses import cross_entropy, dlr, targeted_dlr
-from robustjax.attacks.pgd import (NORMS, _check_choice, _check_eps,
-                                   _check_images, _check_labels, _static_float,
-                                   _static_int)
+from robustjax.attacks.checks import NORMS
 from robustjax.errors import ConfigError
 
 APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
@@ -212,15 +209,15 @@ def make_step(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
 def check_args(eps, norm: str, loss: str, steps: int, rho: float,
                eot_iter: int, restarts: int = 1) -> tuple:
   """Validated ``(eps, norm, loss, steps, rho, eot_iter, restarts)``."""
-  eps = _check_eps(eps)
-  norm = _check_choice("norm", norm, NORMS)
-  loss = _check_choice("loss", loss, APGD_LOSSES)
-  steps = _static_int("steps", steps, 1)
-  rho = _static_float("rho", rho)
+  eps = checks.check_eps(eps)
+  norm = checks.check_choice("norm", norm, NORMS)
+  loss = checks.check_choice("loss", loss, APGD_LOSSES)
+  steps = checks.static_int("steps", steps, 1)
+  rho = checks.static_float("rho", rho)
   if not 0.0 < rho <= 1.0:
     raise ConfigError(f"rho={rho} must be in (0, 1]; the reference uses 0.75")
-  return (eps, norm, loss, steps, rho, _static_int("eot_iter", eot_iter, 1),
-          _static_int("restarts", restarts, 1))
+  return (eps, norm, loss, steps, rho, checks.static_int("eot_iter", eot_iter, 1),
+          checks.static_int("restarts", restarts, 1))
 
 
 def apgd(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
@@ -254,8 +251,8 @@ def apgd(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
   """
   eps, norm, loss, steps, rho, eot_iter, restarts = check_args(
       eps, norm, loss, steps, rho, eot_iter, restarts)
-  x = _check_images(x)
-  y = _check_labels("y", y, x)
+  x = checks.check_images(x)
+  y = checks.check_labels("y", y, x)
   if (loss == "dlr-targeted") != (target is not None):
     raise ConfigError("apgd: pass target= exactly when loss='dlr-targeted'")
   if keyed:
@@ -290,7 +287,7 @@ def _check_apgd(p: dict) -> None:
   check_args(p["eps"], p["norm"], "ce", p["steps"], p["rho"], p["eot_iter"],
              p["restarts"])
   if "n_target_classes" in p:
-    _static_int("n_target_classes", p["n_target_classes"], 1)
+    checks.static_int("n_target_classes", p["n_target_classes"], 1)
 
 
 def _finish(state: it.State, x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -1,5 +1,11 @@
 """AutoAttack (Croce & Hein 2020): the standard cascade, ``rand`` and custom.
 
+One module of about 460 lines on purpose: the configuration, the compiled
+chunks, the cascade and its final checks only serve one driver, whose
+bookkeeping (which points are still robust, which key each pass gets) is
+easiest to check in one place. The attacks themselves come from the attack
+registry (``registry.Stepwise``).
+
 ``run_autoattack`` follows fra31/auto-attack's ``run_standard_evaluation``:
 
   1. a clean pass; misclassified points count as broken;
@@ -49,10 +55,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import data, sharding
-from robustjax.attacks import apgd as apgd_lib
-from robustjax.attacks import iterative as it
-from robustjax.attacks import registry
-from robustjax.attacks.pgd import NORMS, _check_choice, _check_eps
+from robustjax.attacks import (apgd as apgd_lib, checks, iterative as it,
+                               registry)
+from robustjax.attacks.checks import NORMS
 from robustjax.errors import ConfigError
 
 # ``apply_fn(variables, x, key) -> logits``; deterministic models ignore key.
@@ -119,15 +124,15 @@ class AutoAttackConfig:
 
   def validated(self) -> "AutoAttackConfig":
     """Self, or a one-line ConfigError naming the bad value and the fix."""
-    _check_eps(self.eps)
-    _check_choice("norm", self.norm, NORMS)
-    _check_choice("version", self.version, tuple(VERSIONS) + ("custom",))
+    checks.check_eps(self.eps)
+    checks.check_choice("norm", self.norm, NORMS)
+    checks.check_choice("version", self.version, tuple(VERSIONS) + ("custom",))
     if self.version == "custom":
       if not self.attacks:
         raise ConfigError("version='custom' needs attacks, e.g. "
                           "attacks=('apgd-ce', 'square')")
       for name in self.attacks:
-        _check_choice("attack", name, ATTACKS)
+        checks.check_choice("attack", name, ATTACKS)
     elif self.attacks:
       raise ConfigError(f"attacks={list(self.attacks)} only applies to "
                         f"version='custom' (got version={self.version!r})")

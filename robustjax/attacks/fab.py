@@ -30,10 +30,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from robustjax.attacks import iterative as it
-from robustjax.attacks import registry
-from robustjax.attacks.pgd import (NORMS, _check_choice, _check_eps,
-                                   _check_images, _check_labels, _static_int)
+from robustjax.attacks import checks, iterative as it, registry
+from robustjax.attacks.checks import NORMS
 
 ALPHA_MAX = 0.1
 ETA = 1.05
@@ -234,12 +232,12 @@ def fab_targeted(logits_fn: Callable, x: jax.Array, y: jax.Array,
   Returns:
     ``(x_adv, robust)``; also see ``min_norm`` for the smallest norm found.
   """
-  eps = _check_eps(eps)
-  norm = _check_choice("norm", norm, NORMS)
-  steps = _static_int("steps", steps, 1)
-  x = _check_images(x)
-  y = _check_labels("y", y, x)
-  target = _check_labels("target", target, x)
+  eps = checks.check_eps(eps)
+  norm = checks.check_choice("norm", norm, NORMS)
+  steps = checks.static_int("steps", steps, 1)
+  x = checks.check_images(x)
+  y = checks.check_labels("y", y, x)
+  target = checks.check_labels("target", target, x)
   state = it.run_steps(_unkeyed_step(logits_fn, x, y, target, norm),
                        init_state(x), 0, steps)
   x_adv, robust = finish(state, x, eps)
@@ -253,9 +251,9 @@ def min_norm(logits_fn: Callable, x: jax.Array, y: jax.Array,
 
   ``1e10`` where none was found.
   """
-  norm = _check_choice("norm", norm, NORMS)
+  norm = checks.check_choice("norm", norm, NORMS)
   state = it.run_steps(_unkeyed_step(logits_fn, x, y, target, norm),
-                       init_state(x), 0, _static_int("steps", steps, 1))
+                       init_state(x), 0, checks.static_int("steps", steps, 1))
   return state["best"]
 
 
@@ -274,10 +272,10 @@ def _unkeyed_step(logits_fn: Callable, x: jax.Array, y: jax.Array,
 
 
 def _check_fab(p: dict) -> None:
-  _check_eps(p["eps"])
-  _check_choice("norm", p["norm"], NORMS)
-  _static_int("steps", p["steps"], 1)
-  _static_int("n_target_classes", p["n_target_classes"], 1)
+  checks.check_eps(p["eps"])
+  checks.check_choice("norm", p["norm"], NORMS)
+  checks.static_int("steps", p["steps"], 1)
+  checks.static_int("n_target_classes", p["n_target_classes"], 1)
 
 
 def _fab_stepwise(*, eps, norm, steps, n_target_classes) -> registry.Stepwise:

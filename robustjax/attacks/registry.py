@@ -169,6 +169,15 @@ def available_attacks() -> list[str]:
   return sorted(_REGISTRY)
 
 
+def defaults(name: str) -> dict[str, Any]:
+  """Every parameter of attack ``name`` with its default (what a config
+  block must spell out for each to be settable from the command line)."""
+  if name not in _REGISTRY:
+    raise ConfigError(f"unknown attack '{name}'; choose one of: "
+                      f"{', '.join(available_attacks())}")
+  return dict(_REGISTRY[name].defaults)
+
+
 def stepwise_attacks() -> list[str]:
   """The attacks with a chunked form (AutoAttack's building blocks)."""
   return sorted(n for n, d in _REGISTRY.items() if d.stepwise is not None)

@@ -41,11 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.attacks import iterative as it
-from robustjax.attacks import registry
-from robustjax.attacks.pgd import (NORMS, _check_choice, _check_eps,
-                                   _check_images, _check_labels, _static_float,
-                                   _static_int)
+from robustjax.attacks import checks, iterative as it, registry
+from robustjax.attacks.checks import NORMS
 from robustjax.errors import ConfigError
 
 # Iterations after which p halves (fra31's p_selection, for 10,000 queries).
@@ -309,10 +306,10 @@ def make_step(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
 
 
 def check_args(eps, norm: str, n_queries: int, p_init: float) -> tuple:
-  eps = _check_eps(eps)
-  norm = _check_choice("norm", norm, NORMS)
-  n_queries = _static_int("n_queries", n_queries, 1)
-  p_init = _static_float("p_init", p_init)
+  eps = checks.check_eps(eps)
+  norm = checks.check_choice("norm", norm, NORMS)
+  n_queries = checks.static_int("n_queries", n_queries, 1)
+  p_init = checks.static_float("p_init", p_init)
   if not 0.0 < p_init <= 1.0:
     raise ConfigError(f"p_init={p_init} must be in (0, 1]; AutoAttack uses "
                       "0.8")
@@ -345,8 +342,8 @@ def square(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
     stayed robust) and ``robust [B]`` bool.
   """
   eps, norm, n_queries, p_init = check_args(eps, norm, n_queries, p_init)
-  x = _check_images(x)
-  y = _check_labels("y", y, x)
+  x = checks.check_images(x)
+  y = checks.check_labels("y", y, x)
   keys = it.example_keys(key, x.shape[0])
   keyed = lambda z, k: logits_fn(z)  # noqa: E731
   state = init_state(keyed, x, y, keys, eps=eps, norm=norm)

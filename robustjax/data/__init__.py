@@ -21,12 +21,13 @@ from robustjax.data.pipeline import (TrainBatches, clean_float_batches,
                                      eval_batches)
 from robustjax.data.sources import (DATASETS, ArraySplit, DatasetInfo,
                                     class_subset, holdout_split, load_split,
-                                    num_classes, parse_classes, subset)
+                                    num_classes, parse_classes, subset,
+                                    train_val)
 
 __all__ = [
     "ArraySplit", "CLASS_NAMES", "DATASETS", "DatasetInfo", "Step",
     "TrainBatches", "class_subset", "clean_float_batches", "collect_rows",
     "compile_step", "eval_batches", "example_keys", "holdout_split",
     "load_split", "map_batches", "num_classes", "parse_classes",
-    "random_crop_flip", "subset", "sum_batches", "to_float",
+    "random_crop_flip", "subset", "sum_batches", "to_float", "train_val",
 ]

@@ -176,3 +176,57 @@ class CorruptionSpec:
     return corrupt_split(split, str(self.names),
                          tuple(int(s) for s in self.severities),
                          mode=self.mode, seed=int(self.seed))
+
+
+class CorruptedBatches:
+  """Float batches of a split, corrupted with given corruptions (or
+  ``"clean"``), for re-estimating BatchNorm statistics on corrupted data
+  (RWS's ``batch_stats='average'``; ``'recompute'`` uses the clean ones).
+
+  Image i of the split is corrupted with the key the training data of the
+  corruption models used (``data.corrupted.corruption_key``), so with
+  ``num_batches=0`` a corruption's batches are that model's training images,
+  un-augmented. Each corrupted copy is made once (uint8) and reused.
+
+  Args:
+    split: the (clean) training split, uint8 ``[N, H, W, C]``.
+    severity, seed: of the corruptions.
+    num_batches: batches per corruption; 0 = all of ``split`` (the last
+      batch may be smaller), else a fixed random subset of
+      ``num_batches * batch_size`` images.
+    batch_size: images per batch.
+  """
+
+  def __init__(self, split: ArraySplit, severity: int, seed: int,
+               num_batches: int, batch_size: int):
+    if num_batches < 0 or batch_size < 1:
+      raise ConfigError(f"bn_batches={num_batches} and bn_batch_size="
+                        f"{batch_size}: use bn_batches >= 0 (0 = one pass) "
+                        "and bn_batch_size >= 1")
+    n = len(split)
+    if num_batches:
+      rows = np.sort(np.random.default_rng([seed, 2]).permutation(n)[
+          :min(n, num_batches * batch_size)])
+    else:
+      rows = np.arange(n)
+    self.images, self.rows = split.images[rows], rows
+    self.severity, self.seed, self.batch_size = severity, seed, batch_size
+    self._copies: dict[str, np.ndarray] = {}
+
+  @property
+  def images_per_corruption(self) -> int:
+    return len(self.rows)
+
+  def __call__(self, names: list[str]):
+    """One pass over each corruption's images in turn (``"clean"``: the
+    clean images): float32 ``[B, H, W, C]`` in [0, 1]."""
+    for name in names:
+      if name == "clean":
+        self._copies[name] = self.images
+      elif name not in self._copies:
+        self._copies[name] = corrupt_images(
+            self.images, self.rows, name, self.severity, self.seed)
+      images = self._copies[name]
+      for start in range(0, len(images), self.batch_size):
+        yield images[start:start + self.batch_size].astype(
+            np.float32) / 255.0

@@ -251,3 +251,24 @@ def subset(split: ArraySplit, classes: str | Sequence[int] | None
   relabelled ``0..K-1``; unchanged when ``classes`` is empty."""
   chosen = parse_classes(classes, split.num_classes)
   return split if chosen is None else class_subset(split, chosen)
+
+
+def train_val(name: str, *, source: str = "embedded",
+              data_dir: str | None = None,
+              classes: str | Sequence[int] | None = "", val_size: int = 0,
+              val_seed: int = 0) -> tuple[ArraySplit, ArraySplit | None]:
+  """A run's training split and the validation split it holds out.
+
+  The class subset is taken first and the holdout second, so the dataset
+  block a checkpoint saves (``name, source, classes, val_size, val_seed``)
+  reproduces exactly the rows its training run held out: RiFT selects on
+  them, never on rows the model trained on.
+
+  Returns:
+    ``(train, val)``: uint8 splits that together cover the (class-subset)
+    training split; ``val`` is None when ``val_size`` is 0.
+  """
+  train = subset(load_split(name, "train", source=source, data_dir=data_dir),
+                 classes)
+  return holdout_split(train, int(val_size), seed=int(val_seed))
+

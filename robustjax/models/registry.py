@@ -61,7 +61,7 @@ def _channel_stats(value: Sequence[float], what: str) -> tuple[float, ...]:
 
 # Compute dtypes a config may name. float16 is left out on purpose: without
 # loss scaling its 5-bit exponent underflows small gradients, while bfloat16
-# keeps float32's range (see README "Mixed precision").
+# keeps float32's range (docs/design.md).
 COMPUTE_DTYPES: dict[str, Dtype] = {"float32": jnp.float32,
                                     "bfloat16": jnp.bfloat16}
 

@@ -209,3 +209,79 @@ def save_variables(directory: str, variables: Mapping[str, Any], step: int,
                    "batch_stats": variables["batch_stats"],
                    "step": np.int32(step)}, meta)
   ckpt.close()
+
+
+def checkpoint_splits(meta: Mapping[str, Any], dataset_cfg: Any, *,
+                      require_holdout: bool, val_size: int = 0,
+                      path: str = "the checkpoint"
+                      ) -> tuple[dict[str, Any], data.ArraySplit,
+                                 data.ArraySplit | None]:
+  """The rows a checkpoint trained on and the rows it held out.
+
+  Read from the ``dataset`` block its training run saved in the
+  checkpoint's meta (``name``, ``source``, ``classes``, ``val_size``,
+  ``val_seed``; a RiFT output carries its input's) and rebuilt by the
+  function the training loop holds out with (``data.train_val``), so a task
+  can train on exactly the checkpoint's training rows and select on exactly
+  the rows it never trained on.
+
+  Args:
+    meta: the checkpoint's meta (``checkpoint.load(...)["meta"]``).
+    dataset_cfg: the task's ``dataset`` block: its ``name`` and ``source``
+      must be the checkpoint's, its ``classes`` empty or the checkpoint's;
+      its ``data_dir`` (if set) says where the data is now.
+    require_holdout: refuse a checkpoint that held out nothing.
+    val_size: 0, or the number of held-out points the caller expects.
+    path: the checkpoint, for messages.
+
+  Returns:
+    ``(dataset, train, val)``: the dataset block used (to save with the
+    task's outputs), the training remainder (uint8 ``[N_train, H, W, 3]``)
+    and the held-out split (``[val_size, H, W, 3]``; None if nothing was
+    held out).
+
+  Raises:
+    ConfigError: a checkpoint that held out nothing when one is required,
+      a ``val_size`` that differs from the checkpoint's, or a dataset,
+      source or class subset other than the checkpoint's.
+  """
+  trained = dict(meta.get("dataset") or {})
+  name = trained.get("name", dataset_cfg.name)
+  source = trained.get("source", dataset_cfg.source)
+  if dataset_cfg.name != name:
+    raise ConfigError(f"{path} was trained on {name} but dataset.name is "
+                      f"'{dataset_cfg.name}'; set --config.dataset.name={name}")
+  if dataset_cfg.source != source:
+    # The held-out rows are a permutation of the split's order, and each
+    # source keeps its own order.
+    raise ConfigError(
+        f"{path} was trained on {name} from source '{source}' but "
+        f"dataset.source is '{dataset_cfg.source}'; set "
+        f"--config.dataset.source={source} (its held-out rows depend on it)")
+  classes = trained.get("classes", "") or ""
+  total = data.DATASETS[name].num_classes
+  asked = dataset_cfg.get("classes", "") or ""
+  if asked and data.parse_classes(asked, total) != data.parse_classes(
+      classes, total):
+    raise ConfigError(
+        f"dataset.classes='{asked}' but {path} was trained on classes "
+        f"'{classes or 'all'}'; leave dataset.classes empty")
+  held = int(trained.get("val_size", 0) or 0)
+  if require_holdout and held == 0:
+    raise ConfigError(
+        f"{path} held out no training points (its dataset.val_size is 0), so "
+        "selection='val' would select on points it trained on; train it with "
+        "--config.dataset.val_size=N (N > 0), or use selection='paper' "
+        "(test-set selection, as the reference)")
+  if val_size and val_size != held:
+    raise ConfigError(
+        f"val_size={val_size} but {path} held out {held} training points "
+        f"(its dataset.val_size); the selection split is the checkpoint's "
+        f"own held-out split: set val_size=0 (or {held})")
+  used = dict(trained, name=name, source=source, classes=classes,
+              val_size=held, val_seed=int(trained.get("val_seed", 0) or 0))
+  train, val = data.train_val(
+      name, source=source,
+      data_dir=dataset_cfg.get("data_dir") or trained.get("data_dir") or None,
+      classes=classes, val_size=held, val_seed=used["val_seed"])
+  return used, train, val

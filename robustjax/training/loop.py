@@ -53,18 +53,27 @@ def load_data(config: Any):
   # dataset.classes: only those classes, relabelled 0..K-1 (before the
   # validation holdout, so validation holds the same classes).
   classes = ds.get("classes", "")
-  train = data.subset(data.load_split(ds.name, "train", **kwargs), classes)
+  # The same function rebuilds these splits from a checkpoint's saved
+  # dataset block (RiFT selects on exactly the rows a run held out).
+  train, val = data.train_val(ds.name, classes=classes,
+                              val_size=int(ds.get("val_size", 0)),
+                              val_seed=int(ds.get("val_seed", 0)), **kwargs)
   test = data.subset(data.load_split(ds.name, "test", **kwargs), classes)
-  val = None
-  if int(ds.get("val_size", 0)) > 0:
-    train, val = data.holdout_split(train, int(ds.val_size),
-                                    seed=int(ds.get("val_seed", 0)))
   # Corrupted copies (dataset.corruption, e.g. RWS's per-corruption models).
   spec = corruption_spec(config)
   train = spec.apply(train, "train")
   val = spec.apply(val, "val") if val is not None else None
   test = spec.apply(test, "test")
   return train, val, test
+
+
+def dataset_meta(dataset_cfg: Any) -> dict[str, Any]:
+  """The ``dataset`` block a checkpoint saves, with ``val_size`` and
+  ``val_seed`` always present (what ``load_data`` held out: tasks that must
+  not touch the training rows, such as RiFT's selection, read them)."""
+  return dict(dataset_cfg.to_dict(),
+              val_size=int(dataset_cfg.get("val_size", 0) or 0),
+              val_seed=int(dataset_cfg.get("val_seed", 0) or 0))
 
 
 def _check_same_model(meta: dict[str, Any], spec: dict[str, Any],
@@ -177,7 +186,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   else:
     state = init_fn(init_key)
     start_step = 0
-  meta = {"model": spec, "dataset": config.dataset.to_dict(),
+  meta = {"model": spec, "dataset": dataset_meta(config.dataset),
           "objective": config.objective.to_dict(),
           "config": config.to_json_best_effort()}
 

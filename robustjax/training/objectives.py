@@ -1,5 +1,10 @@
 """Training objectives: standard CE, PGD-AT, TRADES, MART and FGSM-RS.
 
+One module of about 460 lines on purpose: the registry and the five
+objectives, each a small registered function, sit together so that their
+BatchNorm passes (the subtle part of matching the references) can be
+compared side by side.
+
 Each objective has two halves, so the training step can craft adversarial
 inputs *outside* the differentiated loss (no gradient flows through the
 attack, and no backward pass of the attack is traced):
@@ -44,7 +49,7 @@ model)``. The attack is written in the attack registry's vocabulary
   mart     {"name": "pgd", "start": "normal"}             (CE)
   fgsm_rs  {"name": "fgsm", "start": "uniform"}
 
-(``configs/common.py``'s ``training_attack`` writes them); another attack is
+(``reference_params`` writes them with given budgets); another attack is
 allowed, with a warning naming the difference.
 
 References (the exact details, from the authors' code):
@@ -160,6 +165,21 @@ def reference_attack(name: str) -> dict[str, Any] | None:
 def available_objectives() -> list[str]:
   """The registered objective names, sorted."""
   return sorted(_REGISTRY)
+
+
+def reference_params(name: str, *, eps: float = 8 / 255,
+                     step_size: float = 2 / 255, steps: int = 10,
+                     beta: float = 6.0, attack_bn: str = "eval"
+                     ) -> dict[str, Any]:
+  """``make_objective``'s params for objective ``name`` with its reference
+  attack at these budgets (``steps`` unused by single-step attacks)."""
+  attack = reference_attack(name)
+  if attack is not None:
+    attack.update(eps=eps, step_size=step_size)
+    if attack["name"] != "fgsm":
+      attack["steps"] = steps
+  return {"name": name, "beta": beta, "attack_bn": attack_bn,
+          "attack": attack}
 
 
 def make_objective(params: Mapping[str, Any], model) -> Objective:

@@ -45,9 +45,9 @@ def make_evaluator(model, split: data.ArraySplit, mesh, *, attack: Attack,
 
   def eval_fn(variables):
     variables = sharding.put_replicated(variables, mesh)
-    totals = evaluation.sum_batches(step, variables, split, mesh,
-                                    batch_size=batch_size,
-                                    num_examples=num_examples, key=key)
+    totals = data.sum_batches(step, variables, split, mesh,
+                              batch_size=batch_size,
+                              num_examples=num_examples, key=key)
     count = max(totals["count"], 1.0)
     out = {"num_examples": int(count)}
     for kind in kinds:
