@@ -191,3 +191,19 @@ def test_the_rules_catch_a_violation(tmp_path, monkeypatch):
   for expected in ("must not depend on training", "task layer",
                    "ml_collections", "private _private"):
     assert expected in str(err.value)
+
+
+TASK_FUNCTION_LINES = 80
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES
+                                        if n.startswith("robustjax.tasks")))
+def test_task_functions_stay_short(name):
+  """The task layer only translates configs and calls libraries: no
+  function in it runs past about 80 lines."""
+  tree = ast.parse(MODULES[name].read_text())
+  long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+          for node in ast.walk(tree)
+          if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+          and node.end_lineno - node.lineno + 1 > TASK_FUNCTION_LINES]
+  assert not long, f"{name}: {', '.join(long)}"
