@@ -2,7 +2,7 @@
 
 Override any config field with ``--config.key=value`` (e.g.
 ``--config.optimizer.lr=0.05``). ``config.task`` picks what runs (``train``,
-``evaluate``); see ``robustjax/tasks.py``. Bad input stops with one line on
+``evaluate``, ...); see ``robustjax/tasks/``. Bad input stops with one line on
 stderr and exit code 2, before anything in the workdir is written.
 """
 

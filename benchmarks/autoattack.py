@@ -79,7 +79,7 @@ def main(argv=None) -> None:
 
   from robustjax import checkpoint, data, sharding
   from robustjax.attacks import autoattack as aa
-  from robustjax.training.loop import build_model
+  from robustjax.models import build_model
   import tiny_models  # tests/: the tiny CNN, its twin, torchattacks' attacks
 
   test = data.load_split("cifar10", "test")

@@ -29,7 +29,6 @@ batch 4, PGD-2) to prove the code path end to end; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -162,16 +161,14 @@ def bench_jax(name: str, width: float, args, device) -> dict:
   """robustjax's PGD-AT step in bfloat16 on ``device``."""
   import jax
   import jax.numpy as jnp
-  import ml_collections
   import numpy as np
   from robustjax import models, sharding
   from robustjax.training import objectives
   from robustjax.training import step as train_step
   model = models.create_model(name, num_classes=10, width=width,
                               dtype=jnp.bfloat16)
-  objective = objectives.make_objective(ml_collections.ConfigDict(dict(
-      name="pgd_at", eps=EPS, step_size=STEP, steps=args.steps, beta=6.0,
-      random_start=True)), model)
+  objective = objectives.make_objective(objectives.reference_params(
+      "pgd_at", eps=EPS, step_size=STEP, steps=args.steps), model)
   tx, schedule = optimizer()
   mesh = sharding.make_mesh(1)
   state = sharding.put_replicated(

@@ -55,9 +55,8 @@ def main() -> None:
 
   mesh = sharding.make_mesh(args.devices)
   model = models.create_model("resnet18", width=0.25)
-  objective = objectives.make_objective(ml_collections.ConfigDict(dict(
-      name="fgsm_rs", eps=8 / 255, step_size=10 / 255, steps=1, beta=6.0,
-      random_start=True)), model)
+  objective = objectives.make_objective(objectives.reference_params(
+      "fgsm_rs", eps=8 / 255, step_size=10 / 255), model)
   tx, schedule = optimizer.make_optimizer(ml_collections.ConfigDict(dict(
       lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
       schedule="constant")), 10 ** 6)

@@ -34,9 +34,8 @@ DTYPES = ("float32", "bfloat16")
 
 def _step(dtype: str, width: float):
   model = models.create_model("resnet18", width=width, dtype=dtype)
-  objective = objectives.make_objective(ml_collections.ConfigDict(dict(
-      name="pgd_at", eps=8 / 255, step_size=2 / 255, steps=10, beta=6.0,
-      random_start=True)), model)
+  objective = objectives.make_objective(objectives.reference_params(
+      "pgd_at", eps=8 / 255, step_size=2 / 255, steps=10), model)
   tx, schedule = optimizer.make_optimizer(ml_collections.ConfigDict(dict(
       lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
       schedule="constant")), 100)

@@ -273,12 +273,9 @@ def jax_setup(width: float, seed: int):
 
 def make_objective(model, name: str, steps: int = 10):
   """The library's objective ``name`` with the benchmark's attack settings."""
-  import ml_collections
   from robustjax.training import objectives
-  cfg = ml_collections.ConfigDict(dict(
-      name=name, eps=EPS, step_size=STEP, steps=steps, beta=TRADES_BETA,
-      random_start=True))
-  return objectives.make_objective(cfg, model)
+  return objectives.make_objective(objectives.reference_params(
+      name, eps=EPS, step_size=STEP, steps=steps, beta=TRADES_BETA), model)
 
 
 def jax_meshes(num_devices: int) -> dict:
@@ -381,17 +378,14 @@ class JaxEval(JaxRunner):
 
   def __init__(self, setup, batch_np, seed, mesh, steps=20):
     import jax
-    import ml_collections
-    from robustjax import evaluation, sharding
-    attack_cfg = ml_collections.ConfigDict(dict(
-        eps=EPS, step_size=STEP, steps=steps, norm="linf", random_start=True,
-        restarts=1, loss="ce"))
+    from robustjax import attacks, evaluation, sharding
+    attack = attacks.build(name="pgd", eps=EPS, step_size=STEP, steps=steps)
     st = setup["state"]
     self.variables = sharding.put_replicated(
         {"params": st.params, "batch_stats": st.batch_stats}, mesh)
     self.batch = eval_batch(batch_np, mesh)
     self.key = sharding.put_replicated(jax.random.key(seed + 2), mesh)
-    step = evaluation.make_eval_step(setup["model"], attack_cfg, mesh)
+    step = evaluation.make_eval_step(setup["model"], attack, mesh)
     self.compiled, self.compile_s = compile_timed(
         step, self.variables, self.batch, self.key)
     self.num_devices = mesh.devices.size
@@ -746,7 +740,6 @@ def measure_peak_flops(n: int, reps: int = 10) -> dict:
   calls (a peak: other processes can only slow a call down), in JAX (one
   device) and PyTorch; the machine's peak is the faster of the two."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   import torch
   a = np.random.default_rng(0).standard_normal((n, n), np.float32)

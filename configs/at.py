@@ -35,14 +35,14 @@ Other arg keys: ``model=NAME``, ``width=W``, ``dataset=cifar10|cifar100|svhn``
 (mixed precision for the training step, attack included; parameters,
 optimizer state and loss stay float32, and evaluation stays float32 unless
 ``--config.eval.dtype=bfloat16``; a GPU/TPU option: on a CPU it is hardly
-faster, see README "Mixed precision").
+faster, see docs/design.md).
 
 The full recipes are GPU/TPU jobs (110 epochs of PGD-10 on a ResNet-18 is
-about 2e17 FLOP). Expected results on real CIFAR-10 (papers / reference code,
-see README): PGD-AT ResNet-18 about 84 clean / 52 PGD-20; TRADES (beta 6)
+about 2e17 FLOP). Expected results on real CIFAR-10 (papers / reference
+code): PGD-AT ResNet-18 about 84 clean / 52 PGD-20; TRADES (beta 6)
 ResNet-18 about 82 / 53; MART ResNet-18 about 82 / 54; FGSM-RS PreAct-18
 about 86 / 46 (PGD-50-10). On this repository's JPEG copy of CIFAR-10 expect
-slightly lower numbers (see the data caveat in the README).
+slightly lower numbers (the data caveat in docs/design.md).
 
 It prints a progress bar, a ``step N val/test: clean X% | pgd10 Y%`` line at
 each evaluation and, at the end, ``report: WORKDIR/report.json {...}``.
@@ -87,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.update(name=args["model"], width=float(args["width"]),
                  dtype=args["dtype"])
   c.dataset.update(name=args["dataset"], source=args["source"])
-  c.objective.name = objective
+  common.set_objective(c, objective)
   c.batch_size = 128
   c.num_epochs = 110.0
   # PGD-AT (Pang et al.'s baseline): lr 0.1, x0.1 at epochs 100 and 105 of
@@ -100,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 10 steps of 0.007 from x + 0.001 N(0, I), beta 6. We keep eps = 8/255
     # (0.0314), not the script's 0.031.
     c.num_epochs = float(epochs or 76)
-    c.objective.update(step_size=0.007, steps=10, beta=6.0)
+    common.set_objective(c, objective, step_size=0.007, steps=10, beta=6.0)
     c.optimizer.update(weight_decay=2e-4, boundaries=reference_boundaries(
         int(c.num_epochs)))
   elif recipe == "mart":
@@ -108,7 +108,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # at its epochs 75, 90 and 100, wd 3.5e-3, beta 5, eps 0.031, 10 steps
     # of 0.007 (CE-PGD from x + 0.001 N(0, I)).
     c.num_epochs = float(epochs or 120)
-    c.objective.update(eps=0.031, step_size=0.007, steps=10, beta=5.0)
+    common.set_objective(c, objective, eps=0.031, step_size=0.007, steps=10,
+                         beta=5.0)
     c.optimizer.update(lr=0.01, weight_decay=3.5e-3,
                        boundaries=reference_boundaries(int(c.num_epochs)))
   elif recipe == "mart_wrn":
@@ -116,7 +117,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # x0.1 at its epochs 75 and 90 (the last epoch runs at 0.001), wd 7e-4,
     # beta 6, eps 0.031, 10 steps of 0.007.
     c.num_epochs = float(epochs or 90)
-    c.objective.update(eps=0.031, step_size=0.007, steps=10, beta=6.0)
+    common.set_objective(c, objective, eps=0.031, step_size=0.007, steps=10,
+                         beta=6.0)
     c.optimizer.update(lr=0.1, weight_decay=7e-4,
                        boundaries=reference_boundaries(int(c.num_epochs)))
     if "model" not in (arg or ""):
@@ -125,7 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # locuslab/fast_adversarial train_fgsm.py: alpha 10/255, 15 epochs,
     # cyclic lr peaking at 0.2, wd 5e-4, PreAct ResNet-18.
     c.num_epochs = 15.0
-    c.objective.update(step_size=10 / 255, steps=1)
+    common.set_objective(c, objective, step_size=10 / 255)
     c.optimizer.update(lr=0.2, schedule="cyclic", peak_fraction=0.5)
     if "model" not in (arg or ""):
       c.model.name = "preact_resnet18"

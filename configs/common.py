@@ -31,10 +31,40 @@ def parse_arg(arg: str | None, **defaults) -> dict:
 
 def pgd_attack(steps: int, eps: float = EPS, step_size: float = 2 / 255,
                restarts: int = 1) -> ml_collections.ConfigDict:
-  """An L-inf PGD evaluation attack with random start (CE loss)."""
+  """An L-inf PGD attack with a uniform random start (CE loss), in the
+  attack registry's vocabulary (robustjax/attacks/registry.py); any other
+  registered attack is written the same way, e.g. ``{"name": "apgd-ce",
+  "eps": EPS, "steps": 100}``."""
   return ml_collections.ConfigDict(dict(
-      eps=eps, step_size=step_size, steps=steps, restarts=restarts,
-      norm="linf", loss="ce", random_start=True))
+      name="pgd", eps=eps, step_size=step_size, steps=steps,
+      restarts=restarts, norm="linf", loss="ce", start="uniform"))
+
+
+def attack_config(name: str = "pgd", **params) -> ml_collections.ConfigDict:
+  """Registered attack ``name`` with every parameter spelled out (its
+  defaults, then ``params``), so each one can be set from the command line
+  (``--config.eval.attack.steps=50``)."""
+  from robustjax import attacks  # local: configs load light
+  block = attacks.defaults(name)
+  unknown = sorted(set(params) - set(block))
+  if unknown:
+    raise ValueError(f"attack {name} has no parameter {', '.join(unknown)}")
+  block.update(params)
+  return ml_collections.ConfigDict(dict(name=name, **block))
+
+
+def training_attack(objective: str, *, eps: float = EPS,
+                    step_size: float = 2 / 255, steps: int = 10
+                    ) -> ml_collections.ConfigDict:
+  """The attack of training ``objective``'s reference (TRADES: KL-PGD from
+  x + 0.001 N(0, I); MART: CE-PGD from there; FGSM-RS: FGSM from a uniform
+  start; PGD-AT: PGD), with these budgets, every parameter spelled out."""
+  from robustjax import attacks  # local: configs load light
+  from robustjax.training import objectives
+  attack = objectives.reference_params(
+      objective, eps=eps, step_size=step_size, steps=steps)["attack"]
+  return ml_collections.ConfigDict(
+      attacks.build(attack or {"name": "pgd"}).to_dict())
 
 
 def checkpoint_task(task: str, best: bool = False
@@ -83,11 +113,13 @@ def base_config() -> ml_collections.ConfigDict:
                    # or none; mode single (one type) or random (per image).
                    corruption=dict(names="none", severities=(5,),
                                    mode="single", seed=0, splits="train,test"))
+  # attack: the objective's inner maximisation, in the attack registry's
+  # vocabulary (set_objective writes each objective's reference attack).
   # attack_bn: BatchNorm mode of the training attack: 'eval' (running
   # statistics, never updated) or 'train' as the pgd_at / fgsm_rs reference
   # scripts (robustjax/training/objectives.py); refused for trades and mart.
-  c.objective = dict(name="pgd_at", eps=EPS, step_size=2 / 255, steps=10,
-                     beta=6.0, random_start=True, attack_bn="eval")
+  c.objective = dict(name="pgd_at", beta=6.0, attack_bn="eval",
+                     attack=training_attack("pgd_at"))
   c.optimizer = dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                      weight_decay_on="all", schedule="piecewise",
                      boundaries=(0.5, 0.75), decay=0.1, warmup_steps=0,
@@ -107,6 +139,17 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def set_objective(c: ml_collections.ConfigDict, name: str, *,
+                  eps: float = EPS, step_size: float = 2 / 255,
+                  steps: int = 10, beta: float | None = None) -> None:
+  """Makes ``c`` train with objective ``name`` and its reference attack."""
+  c.objective.name = name
+  c.objective.attack = training_attack(name, eps=eps, step_size=step_size,
+                                       steps=steps)
+  if beta is not None:
+    c.objective.beta = beta
+
+
 def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The ``smoke`` variant: same code paths, done in well under a minute on
   one CPU core (tiny model, a few steps, few evaluation points)."""
@@ -114,7 +157,8 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.batch_size = 32
   c.num_steps = 6
   c.log_every = 2
-  c.objective.steps = min(int(c.objective.get("steps", 1)), 2)
+  if "steps" in c.objective.attack:
+    c.objective.attack.steps = min(int(c.objective.attack.steps), 2)
   c.eval.update(every_steps=3, num_examples=64, batch_size=32)
   c.eval.attack.steps = 2
   c.final_eval.update(num_examples=64, batch_size=32)

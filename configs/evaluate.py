@@ -1,10 +1,17 @@
-r"""Evaluate a checkpoint: clean and PGD accuracy on a test split.
+r"""Evaluate a checkpoint: clean and attacked accuracy on a test split.
 
   python launch.py --config=configs/evaluate.py \
       --config.checkpoint_path=workdirs/quickstart --workdir=workdirs/eval_qs
 
-Arg keys: ``steps=N`` (PGD steps, default 20), ``restarts=R``, ``n=N`` (first
-N test points, default all), ``best`` (the best checkpoint instead of the
+  python launch.py --config=configs/evaluate.py:attack=apgd-ce \
+      --config.checkpoint_path=workdirs/quickstart --workdir=workdirs/eval_apgd
+
+Arg keys: ``attack=NAME`` (any registered attack: pgd, the default, fgsm,
+apgd-ce, apgd-dlr, apgd-t, fab-t, square; its parameters are spelled out
+under ``eval.attack`` and each can be overridden, e.g.
+``--config.eval.attack.rho=0.5``), ``steps=N`` (steps of pgd, default 20,
+or of an APGD / FAB attack, default 100; 0 = clean only), ``restarts=R``,
+``n=N`` (first N test points, default all), ``best`` (the best checkpoint instead of the
 newest), ``ood=rift18|benchmark15|all19|none`` (accuracy under CIFAR-10-C
 corruptions generated on the fly, default none), ``sev=12345`` (the
 severities, as digits), ``smoke``. Prints ``... clean X% | pgd20 Y% (n=N)``
@@ -26,13 +33,11 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = common.parse_arg(arg, steps=20, restarts=1, n=0, eps=8.0,
-                          ood="none", sev="12345")
+  args = common.parse_arg(arg, attack="pgd", steps=-1, restarts=1, n=0,
+                          eps=8.0, ood="none", sev="12345")
   c = common.checkpoint_task("evaluate", best=bool(args.get("best", False)))
   c.eval = dict(num_examples=int(args["n"]), batch_size=512,
-                attack=common.pgd_attack(int(args["steps"]),
-                                         eps=float(args["eps"]) / 255,
-                                         restarts=int(args["restarts"])))
+                attack=_attack(args))
   c.ood = dict(corruptions=args["ood"],
                severities=tuple(int(d) for d in str(args["sev"])),
                source="generated", data_dir="",
@@ -40,5 +45,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                batch_size=0)     # 0: eval.batch_size
   if args.get("smoke"):
     c.eval.update(num_examples=64, batch_size=32)
-    c.eval.attack.steps = 2
+    if "steps" in c.eval.attack:
+      c.eval.attack.steps = 2
   return c
+
+
+def _attack(args: dict) -> ml_collections.ConfigDict:
+  """The ``attack`` arg's block: its registered parameters, with ``steps``,
+  ``restarts`` and ``eps`` (in /255 units) from the arg where it has them."""
+  from robustjax import attacks  # local: configs load light
+  name = str(args["attack"])
+  if name == "pgd":
+    steps = 20 if int(args["steps"]) < 0 else int(args["steps"])
+    return common.pgd_attack(steps, eps=float(args["eps"]) / 255,
+                             restarts=int(args["restarts"]))
+  params = {"eps": float(args["eps"]) / 255}
+  defaults = attacks.defaults(name)
+  if int(args["steps"]) >= 0 and "steps" in defaults:
+    params["steps"] = int(args["steps"])
+  if "restarts" in defaults:
+    params["restarts"] = int(args["restarts"])
+  return common.attack_config(name, **params)

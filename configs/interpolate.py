@@ -13,11 +13,10 @@ line per alpha (``alpha 0.50: clean 61.2% (loss 1.040) | adv 20.1% (loss
 ``report: WORKDIR/report.json {'a_clean_acc': ..., 'b_adv_acc': ...}``.
 
 Arg keys: ``n=N`` test points (0 = all), ``steps=N`` PGD steps (0 = clean
-only), ``alphas=K`` grid points, ``bn=interpolate|a|b|recompute`` (BatchNorm
-statistics: lerp them, keep one side, or re-estimate them on ``bn_batches``
-training batches at every alpha), ``ood=LIST`` (a corruption list name such
-as ``benchmark15`` or comma-free single corruption; needs
-``robustjax.evaluation.evaluate_corruptions``), ``sharpness`` (layer-wise
+only), ``alphas=K`` grid points, ``bn=interpolate|keep_a|keep_b|recompute``
+(BatchNorm statistics: lerp them, keep one side, or re-estimate them on
+``bn_batches`` training batches at every alpha), ``ood=LIST`` (a corruption list name such
+as ``benchmark15``, or one corruption), ``sharpness`` (layer-wise
 sharpness of both endpoints), ``smoke``. Alphas outside [0, 1] need
 ``--config.allow_extrapolation=true``, e.g.
 ``--config.alphas="(-0.2, 0.0, 0.5, 1.0, 1.2)"``.
@@ -48,9 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    split="test")
   c.eval = dict(num_examples=int(args["n"]), batch_size=500,
                 attack=common.pgd_attack(int(args["steps"])))
-  c.ood = str(args["ood"])
-  c.ood_severities = (1, 2, 3, 4, 5)
-  c.ood_num_examples = 1000
+  # OOD accuracy at every alpha: the ``ood`` block of configs/evaluate.py.
+  c.ood = dict(corruptions=str(args["ood"]), severities=(1, 2, 3, 4, 5),
+               source="generated", data_dir="", num_examples=1000,
+               batch_size=0)
   c.sharpness = dict(enabled=bool(args.get("sharpness", False)), rho=0.05,
                      norm="l2", adaptive=True, steps=5, num_examples=256,
                      straggler_ratio=2.0)
@@ -59,6 +59,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.update(num_examples=32, batch_size=32)
     c.eval.attack.steps = 2
     c.bn_batches, c.bn_batch_size = 2, 32
-    c.ood_num_examples = 32
+    c.ood.num_examples = 32
     c.sharpness.update(steps=2, num_examples=32)
   return c

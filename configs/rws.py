@@ -43,7 +43,7 @@ head when fine-tuned:
 
 (``root`` holds A's ``clean`` and corruption models; the target is
 evaluated on the classes recorded in its checkpoint.) The measured run is
-``experiments/rws_transfer.py``.
+``experiments/rws_cifar10.py --transfer``.
 """
 
 import ml_collections
@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base_config()
   c.dataset.classes = classes
   c.model.update(name=args["model"], width=float(args["width"]))
-  c.objective.name = "standard"
+  common.set_objective(c, "standard")
   c.eval.attack = common.pgd_attack(0)        # clean accuracy only
   c.final_eval.attack = common.pgd_attack(0)
   c.checkpoint.best_metric = "clean_acc"
@@ -111,7 +111,7 @@ def _analyze(args: dict, classes: str, smoke: bool
   c.severity = int(args["severity"])
   # average (the reference's rule: BN and shortcut tensors averaged over
   # the robust models, statistics re-estimated on the corrupted training
-  # data; a no-op for BN-free VGG-16) | keep | recompute (clean data).
+  # data; a no-op for BN-free VGG-16) | keep_a | recompute (clean data).
   c.batch_stats = "average"
   c.bn_batches = 0                    # per corruption; 0 = one full pass
   c.bn_batch_size = 128

@@ -54,7 +54,7 @@ def make_config():
   if _OBJECTIVE.value == "pgd_at":
     c.optimizer.update(lr=0.1, schedule="piecewise", boundaries=(0.5, 0.75))
   elif _OBJECTIVE.value == "trades":
-    c.objective.update(step_size=2 / 255, steps=10)
+    c.objective.attack.update(step_size=2 / 255, steps=10)
     c.optimizer.update(lr=0.1, schedule="piecewise", boundaries=(0.5, 0.75))
   steps_per_epoch = (50000 - 1000) // c.batch_size
   c.eval.update(every_steps=steps_per_epoch, num_examples=1000,

@@ -82,11 +82,11 @@ def main(argv):
   import jax
   import numpy as np
   from configs import common
-  from robustjax import checkpoint, data, evaluation, sharding
+  from robustjax import attacks, checkpoint, data, evaluation, sharding
   from robustjax.errors import ConfigError
-  from robustjax.training.loop import build_model
-  from robustjax.weightspace import (arithmetic, curves, interpolate, plots,
-                                     sharpness, trees)
+  from robustjax.models import build_model
+  from robustjax.weightspace import (arithmetic, batchnorm, curves,
+                                     interpolate, plots, sharpness, trees)
   start = time.time()
   if not checkpoint.has_checkpoint(os.path.join(_STANDARD.value,
                                                 checkpoint.LATEST_DIR)):
@@ -117,7 +117,7 @@ def main(argv):
                                       train=False))(init_key)
 
   ood_fn = None
-  if _OOD.value != "none" and hasattr(evaluation, "evaluate_corruptions"):
+  if _OOD.value != "none":
     from robustjax.data import corruptions
     names = corruptions.resolve(_OOD.value)
     severities = tuple(int(s) for s in _OOD_SEVERITIES.value)
@@ -128,7 +128,8 @@ def main(argv):
           severities=severities, batch_size=500, num_examples=_N.value)
       return {"ood_acc": out["ood_acc"]}
   eval_fn = curves.make_evaluator(
-      model, test, mesh, attack_cfg=common.pgd_attack(_PGD_STEPS.value),
+      model, test, mesh,
+      attack=attacks.build(common.pgd_attack(_PGD_STEPS.value)),
       batch_size=500, num_examples=_N.value, ood_fn=ood_fn)
   batches = data.TrainBatches(train, 128, 0, mesh)
   to_float = jax.jit(data.to_float)
@@ -145,7 +146,7 @@ def main(argv):
     print(f"curve, batch_stats={mode}", flush=True)
     curve = curves.interpolation_curve(
         eval_fn, va, vb, alphas, batch_stats=mode,
-        stats_fn=interpolate.flax_stats_fn(model.apply),
+        stats_fn=batchnorm.flax_stats_fn(model.apply),
         bn_batches=bn_batches, order=order, log=print)
     results["curves"][mode] = curve
     results["barriers"][mode] = {
@@ -164,7 +165,7 @@ def main(argv):
   labels = jax.numpy.asarray(train.labels[:_SHARPNESS_N.value])
   mid = interpolate.interpolate_variables(
       va, vb, 0.5, batch_stats="recompute",
-      stats_fn=interpolate.flax_stats_fn(model.apply), batches=bn_batches())
+      stats_fn=batchnorm.flax_stats_fn(model.apply), batches=bn_batches())
   results["sharpness"] = {}
   for name, v in (("standard", va), ("midpoint", mid), ("robust", vb)):
     t0 = time.time()

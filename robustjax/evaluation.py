@@ -1,14 +1,21 @@
-"""Clean, adversarial (PGD) and corruption (OOD) accuracy of a model on a
-dataset split.
+"""Accuracy of a model on a split: clean, under an attack, under corruptions.
 
-One compiled step per (model, attack) evaluates a padded batch; padding rows
-carry ``mask=False`` and do not count. Accuracies are fractions in [0, 1];
+Every evaluation in robustjax runs through ``data.map_batches``
+(``data/batched.py``): a compiled per-batch step ``(variables, batch, key)
+-> outputs`` over the first N points of a split in fixed-size padded
+batches, reduced by ``data.sum_batches`` (masked sums: accuracies, losses)
+or ``data.collect_rows`` (one row per example: logits). Each example's
+randomness is keyed by its index in the split, so no result depends on the
+batch size or the number of devices.
+
+Attacks come from the attack registry (``robustjax.attacks.build``), so
+``evaluate`` runs any registered attack. Accuracies are fractions in [0, 1];
 the console shows percentages.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -16,39 +23,21 @@ import numpy as np
 from absl import logging
 
 from robustjax import attacks, data, sharding
+from robustjax.attacks import Attack
 from robustjax.data import corrupted
 from robustjax.data import corruptions as corruptions_lib
 from robustjax.errors import ConfigError
 
-
-def attack_name(cfg: Any) -> str:
-  """A short label for an attack config, e.g. ``pgd20`` or ``none``."""
-  if int(cfg.steps) <= 0:
-    return "none"
-  restarts = int(cfg.get("restarts", 1))
-  return f"pgd{int(cfg.steps)}" + (f"x{restarts}" if restarts > 1 else "")
-
-
-def validate_attack(cfg: Any) -> None:
-  if not 0.0 <= float(cfg.eps) <= 1.0:
-    raise ConfigError(f"attack eps={cfg.eps} is outside [0, 1]; epsilons are "
-                      "in pixel units of [0, 1] images, e.g. 8/255")
-  if int(cfg.steps) < 0 or int(cfg.get("restarts", 1)) < 1:
-    raise ConfigError("attack steps must be >= 0 and restarts >= 1")
-
-
-def make_eval_step(model, attack_cfg: Any, mesh):
+def make_eval_step(model, attack: Attack, mesh) -> data.Step:
   """A jitted ``(variables, batch, key) -> {clean, adv, count, clean_loss,
-  adv_loss}`` of sums.
+  adv_loss}`` of masked sums.
 
-  ``adv`` counts points still correct after the attack (equal to ``clean``
-  when ``attack_cfg.steps == 0``); the losses are cross-entropy sums at the
-  clean and the attacked points (the weight-space curves use them). Each
-  example's random start is keyed by ``fold_in(key, batch["index"])``, its
-  position in the split, so the result does not depend on the batch size or
-  the number of devices.
+  ``adv`` counts points still correct after ``attack`` (equal to ``clean``
+  for the ``none`` attack); the losses are cross-entropy sums at the clean
+  and the attacked points (the weight-space curves use them). The attack
+  runs with BatchNorm in inference mode, each example keyed by
+  ``fold_in(key, batch["index"])``.
   """
-  steps = int(attack_cfg.steps)
 
   def step(variables, batch, key):
     x = data.to_float(batch["image"])
@@ -58,103 +47,97 @@ def make_eval_step(model, attack_cfg: Any, mesh):
     logits = logits_fn(x)
     clean_ok = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
     clean_loss = attacks.cross_entropy(logits, y)
-    adv_loss = clean_loss
-    if steps > 0:
-      example_keys = jax.vmap(jax.random.fold_in, (None, 0))(
-          key, batch["index"])
-      x_adv = attacks.pgd(
-          logits_fn, x, y, key=example_keys, eps=float(attack_cfg.eps),
-          step_size=float(attack_cfg.step_size), steps=steps,
-          norm=attack_cfg.get("norm", "linf"),
-          random_start=bool(attack_cfg.get("random_start", True)),
-          restarts=int(attack_cfg.get("restarts", 1)),
-          loss=attack_cfg.get("loss", "ce"))
+    adv_ok, adv_loss = clean_ok, clean_loss
+    if not attack.is_identity:
+      x_adv = attack(logits_fn, x, y, data.example_keys(key, batch["index"]))
       adv_logits = logits_fn(x_adv)
-      adv_ok = (jnp.argmax(adv_logits, -1) == y).astype(jnp.float32)
       # A point wrong on clean input counts as broken whatever the attack did.
-      adv_ok = adv_ok * clean_ok
+      adv_ok = (jnp.argmax(adv_logits, -1) == y).astype(jnp.float32) * clean_ok
       adv_loss = attacks.cross_entropy(adv_logits, y)
-    else:
-      adv_ok = clean_ok
     return {"clean": jnp.sum(clean_ok * mask), "adv": jnp.sum(adv_ok * mask),
             "count": jnp.sum(mask), "clean_loss": jnp.sum(clean_loss * mask),
             "adv_loss": jnp.sum(adv_loss * mask)}
 
-  return jax.jit(step, in_shardings=(sharding.replicated(mesh),
-                                     sharding.batch_sharded(mesh),
-                                     sharding.replicated(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+  return data.compile_step(step, mesh)
 
 
 def evaluate(model, variables: Any, split: data.ArraySplit, mesh, *,
-             attack_cfg: Any, batch_size: int, num_examples: int | None = None,
-             seed: int = 0, eval_step=None) -> dict[str, float]:
-  """Clean and PGD accuracy on the first ``num_examples`` points of ``split``.
+             attack: Attack, batch_size: int, num_examples: int | None = None,
+             seed: int = 0, eval_step: data.Step | None = None,
+             with_losses: bool = False) -> dict[str, Any]:
+  """Clean and adversarial accuracy on the first ``num_examples`` points.
 
-  Returns ``{"clean_acc", "adv_acc", "attack", "num_examples"}``: accuracies
-  are fractions, ``attack`` names the attack (e.g. ``pgd20``).
+  Returns ``{"clean_acc", "adv_acc", "attack", "num_examples"}``
+  (accuracies are fractions, ``attack`` the attack's label, e.g.
+  ``pgd20``); ``with_losses`` adds ``clean_loss`` and ``adv_loss`` (mean
+  cross-entropy). ``eval_step`` reuses a step from ``make_eval_step``.
   """
-  validate_attack(attack_cfg)
-  eval_step = eval_step or make_eval_step(model, attack_cfg, mesh)
-  variables = sharding.put_replicated(variables, mesh)
-  key = sharding.put_replicated(jax.random.key(seed), mesh)
-  totals = {"clean": 0.0, "adv": 0.0, "count": 0.0}
-  for batch in data.eval_batches(split, batch_size, mesh,
-                                 num_examples=num_examples):
-    sums = eval_step(variables, batch, key)
-    for name in totals:
-      totals[name] += float(sums[name])
-  count = max(totals["count"], 1.0)
-  return {"clean_acc": totals["clean"] / count,
-          "adv_acc": totals["adv"] / count,
-          "attack": attack_name(attack_cfg),
-          "num_examples": int(totals["count"])}
+  eval_step = eval_step or make_eval_step(model, attack, mesh)
+  sums = data.sum_batches(eval_step, variables, split, mesh,
+                     batch_size=batch_size, num_examples=num_examples,
+                     key=jax.random.key(seed))
+  count = max(sums["count"], 1.0)
+  out = {"clean_acc": sums["clean"] / count, "adv_acc": sums["adv"] / count,
+         "attack": attack.label, "num_examples": int(sums["count"])}
+  if with_losses:
+    out.update(clean_loss=sums["clean_loss"] / count,
+               adv_loss=sums["adv_loss"] / count)
+  return out
 
 
-def format_accuracies(metrics: dict[str, Any]) -> str:
+def format_accuracies(metrics: Mapping[str, Any]) -> str:
   """``clean 52.10% | pgd20 27.30% (n=1000)`` for the console."""
   return (f"clean {100 * metrics['clean_acc']:.2f}% | {metrics['attack']} "
           f"{100 * metrics['adv_acc']:.2f}% (n={metrics['num_examples']})")
 
 
-
 # ------------------------------------------------------------ corruptions
 
-def make_corruption_step(model, mesh, name: str, severity: int):
-  """A jitted ``(variables, batch, key) -> {correct, count}`` of sums on the
-  batch corrupted by ``name`` at ``severity``.
+def make_accuracy_step(model, mesh,
+                       transform: Callable[[jax.Array, jax.Array],
+                                           jax.Array] | None = None
+                       ) -> data.Step:
+  """A jitted ``(variables, batch, key) -> {correct, count}`` of masked sums.
 
-  Image i is corrupted with ``fold_in(key, batch["index"][i])`` and cast to
-  uint8 levels by truncation, as CIFAR-10-C's files are, so the accuracy
-  equals that on a materialised copy (``data.corrupted.corrupt_split``) and
-  does not depend on the batch size or the number of devices.
+  ``transform(keys [B], x [B, H, W, C]) -> x`` changes the float images
+  first (a corruption), each example keyed by ``fold_in(key, index)``;
+  without one the step takes ``key=None`` and scores the images as they are.
   """
-  corrupt = corruptions_lib.batched_fn(name, severity)
 
   def step(variables, batch, key):
     x = data.to_float(batch["image"])
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, batch["index"])
-    x = corruptions_lib.to_uint8(corrupt(keys, x)).astype(jnp.float32) / 255.0
+    if transform is not None:
+      x = transform(data.example_keys(key, batch["index"]), x)
     logits = model.apply(variables, x, train=False)
     ok = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     mask = batch["mask"].astype(jnp.float32)
     return {"correct": jnp.sum(ok * mask), "count": jnp.sum(mask)}
 
-  return jax.jit(step, in_shardings=(sharding.replicated(mesh),
-                                     sharding.batch_sharded(mesh),
-                                     sharding.replicated(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+  return data.compile_step(step, mesh, keyed=transform is not None)
 
 
-def _accuracy(step, variables, split, mesh, batch_size, num_examples, key
-              ) -> tuple[float, int]:
-  correct = count = 0.0
-  for batch in data.eval_batches(split, batch_size, mesh,
-                                 num_examples=num_examples):
-    sums = step(variables, batch, key)
-    correct += float(sums["correct"])
-    count += float(sums["count"])
-  return correct / max(count, 1.0), int(count)
+def make_corruption_step(model, mesh, name: str, severity: int
+                         ) -> data.Step:
+  """``make_accuracy_step`` on the batch corrupted by ``name`` at
+  ``severity``, cast to uint8 levels by truncation as CIFAR-10-C's files
+  are, so the accuracy equals that on a materialised copy
+  (``data.corrupted.corrupt_split``)."""
+  corrupt = corruptions_lib.batched_fn(name, severity)
+
+  def transform(keys, x):
+    return corruptions_lib.to_uint8(corrupt(keys, x)).astype(
+        jnp.float32) / 255.0
+
+  return make_accuracy_step(model, mesh, transform)
+
+
+def accuracy(step: data.Step, variables: Any, split: data.ArraySplit, mesh, *,
+             batch_size: int, num_examples: int | None = None,
+             key: Any = None) -> tuple[float, int]:
+  """``(accuracy, points)`` of a ``make_accuracy_step`` step."""
+  sums = data.sum_batches(step, variables, split, mesh, batch_size=batch_size,
+                     num_examples=num_examples, key=key)
+  return sums["correct"] / max(sums["count"], 1.0), int(sums["count"])
 
 
 def evaluate_corruptions(
@@ -189,21 +172,21 @@ def evaluate_corruptions(
     are fractions. The mean is unweighted, as RiFT's eval_ood.py averages.
   """
   names = corruptions_lib.resolve(corruptions)
+  variables = sharding.put_replicated(variables, mesh)  # once for all
   severities = tuple(int(s) for s in severities)
   if not severities:
     raise ConfigError("no corruption severities given; use e.g. (1,2,3,4,5)")
   for s in severities:
     corruptions_lib.check_severity(s)
-  variables = sharding.put_replicated(variables, mesh)
   by_name: dict[str, dict[str, float]] = {}
   counts = set()
-  clean_step = None
+  plain_step = None
   for name in names:
     by_name[name] = {}
     for severity in severities:
       if corrupted_splits is not None or \
           name in corruptions_lib.HOST_CORRUPTIONS:
-        clean_step = clean_step or make_corruption_step_clean(model, mesh)
+        plain_step = plain_step or make_accuracy_step(model, mesh)
         if corrupted_splits is not None:
           source = corrupted_splits(name, severity)
         else:
@@ -212,14 +195,13 @@ def evaluate_corruptions(
           # (same keys and uint8 cast, so the same images).
           source = _corrupt_on_host(split, num_examples, name, severity,
                                     seed)
-        acc, n = _accuracy(clean_step, variables, source, mesh, batch_size,
-                           num_examples, None)
+        acc, n = accuracy(plain_step, variables, source, mesh,
+                          batch_size=batch_size, num_examples=num_examples)
       else:
-        step = make_corruption_step(model, mesh, name, severity)
-        key = sharding.put_replicated(
-            corrupted.corruption_key(seed, name, severity), mesh)
-        acc, n = _accuracy(step, variables, split, mesh, batch_size,
-                           num_examples, key)
+        acc, n = accuracy(make_corruption_step(model, mesh, name, severity),
+                          variables, split, mesh, batch_size=batch_size,
+                          num_examples=num_examples,
+                          key=corrupted.corruption_key(seed, name, severity))
       by_name[name][str(severity)] = acc
       counts.add(n)
     # One line per corruption: a full run is minutes on a CPU.
@@ -245,22 +227,7 @@ def _corrupt_on_host(split: data.ArraySplit, num_examples: int | None,
                          split.name)
 
 
-def make_corruption_step_clean(model, mesh):
-  """``make_corruption_step`` for images that are already corrupted."""
-  def step(variables, batch, key):
-    del key
-    logits = model.apply(variables, data.to_float(batch["image"]),
-                         train=False)
-    ok = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    mask = batch["mask"].astype(jnp.float32)
-    return {"correct": jnp.sum(ok * mask), "count": jnp.sum(mask)}
-
-  return jax.jit(step, in_shardings=(sharding.replicated(mesh),
-                                     sharding.batch_sharded(mesh), None),
-                 out_shardings=sharding.replicated(mesh))
-
-
-def format_corruptions(metrics: dict[str, Any], label: str = "") -> str:
+def format_corruptions(metrics: Mapping[str, Any], label: str = "") -> str:
   """``ood rift18 71.23% (18 corruptions x 5 severities, n=10000)``; the
   worst corruption is named too."""
   worst = min(metrics["ood_corruption_mean"].items(), key=lambda kv: kv[1])

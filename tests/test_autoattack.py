@@ -559,13 +559,10 @@ def test_autoattack_task_bad_input(tiny_checkpoint, tmp_path, args, message):
 def test_autoattack_task_rejects_a_checkpoint_of_another_model(
     tiny_checkpoint, tmp_path):
   """Weights that do not fit the model the checkpoint names: one line."""
-  from robustjax import checkpoint
-  from robustjax.tasks import _check_variables_fit
-  from robustjax.training.loop import build_model
+  from robustjax import checkpoint, models
+  from robustjax.tasks import common
   restored = checkpoint.load(str(tiny_checkpoint))
   spec = dict(restored["meta"]["model"], width=0.5)
-  split = type("S", (), {"images": np.zeros((1, 32, 32, 3), np.uint8)})
   with pytest.raises(ConfigError, match="does not fit its model"):
-    _check_variables_fit(build_model(spec), {
-        "params": restored["params"],
-        "batch_stats": restored["batch_stats"]}, split)
+    common.check_fit(models.build_model(spec),
+                     common.variables_of(restored), (32, 32, 3))

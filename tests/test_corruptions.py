@@ -30,7 +30,8 @@ from robustjax.data import corruptions as C
 from robustjax.data.corruptions import blur, digital, weather
 from robustjax.errors import ConfigError
 from robustjax.training import step as step_lib
-from robustjax.training.loop import build_model, load_data, validate
+from robustjax.models import build_model
+from robustjax.training.loop import load_data, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,6 +2,7 @@
 nothing written, and the evaluate task agrees with the training report."""
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,6 @@ import pytest
 
 from configs import at as at_config
 from configs import evaluate as evaluate_config
-from configs import quickstart as quickstart_config
 from robustjax import checkpoint, tasks
 from robustjax.errors import ConfigError
 from robustjax.training.loop import validate
@@ -57,7 +57,7 @@ def _listing(path):
     ({"dataset.name": "imagenet"}, "unknown dataset"),
     ({"objective.name": "free_at"}, "unknown objective 'free_at'"),
     ({"task": "distill"}, "unknown task 'distill'"),
-    ({"objective.eps": 8.0}, "outside [0, 1]"),
+    ({"objective.attack.eps": 8.0}, "outside [0, 1]"),
     ({"eval.attack.eps": -0.1}, "outside [0, 1]"),
     ({"dataset.data_dir": "/nonexistent/cifar"}, "/nonexistent/cifar"),
 ])
@@ -173,3 +173,27 @@ def test_launch_smoke_run_on_two_cpu_devices(tmp_path):
   assert any(cache.iterdir())  # the compiled steps were cached
   assert (workdir / "report.json").exists()
   assert checkpoint.load(str(workdir))["step"] == 6
+
+
+def test_launch_evaluates_with_apgd_ce(trained_workdir, tmp_path):
+  """evaluate with another registered attack, through the CLI: APGD-CE's
+  accuracy equals the one the evaluate task computes in-process, and the
+  report names the attack and its parameters."""
+  workdir, _ = trained_workdir
+  out = tmp_path / "apgd"
+  result = _launch("--config=configs/evaluate.py:attack=apgd-ce,steps=4,n=32",
+                   f"--config.checkpoint_path={workdir}",
+                   "--config.eval.batch_size=32", "--config.num_devices=1",
+                   f"--workdir={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((out / "report.json").read_text())
+  assert report["attack"] == "apgd-ce4" and report["num_examples"] == 32
+  assert report["attack_config"]["name"] == "apgd-ce"
+  assert report["attack_config"]["rho"] == 0.75
+  config = evaluate_config.get_config("attack=apgd-ce,steps=4,n=32")
+  config.checkpoint_path = workdir
+  config.eval.batch_size, config.num_devices = 32, 1
+  again = tasks.run(config, str(tmp_path / "again"))
+  assert (again["clean_acc"], again["adv_acc"]) == (
+      report["clean_acc"], report["adv_acc"])
+  assert report["adv_acc"] <= report["clean_acc"]

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from tiny_models import objective_params
 
 from configs import at as at_config
 from robustjax import attacks, checkpoint, data, models, sharding
@@ -55,9 +56,8 @@ def test_bfloat16_model_has_float32_params_and_logits(name):
 
 def _train_parts(dtype: str, objective: str = "pgd_at"):
   model = models.create_model("small_cnn", width=0.25, dtype=dtype)
-  obj_cfg = ml_collections.ConfigDict(dict(
-      name=objective, eps=8 / 255, step_size=2 / 255, steps=3, beta=6.0,
-      random_start=True))
+  obj_cfg = objective_params(objective, eps=8 / 255, step_size=2 / 255,
+                             steps=3, beta=6.0, random_start=True)
   opt_cfg = ml_collections.ConfigDict(dict(
       lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
       schedule="constant"))

@@ -22,7 +22,6 @@ import tempfile
 import chex
 import jax
 import numpy as np
-import pytest
 
 from robustjax import checkpoint
 

@@ -16,8 +16,8 @@ from configs import rws as rws_config
 from robustjax import checkpoint, models, rws, tasks
 from robustjax.errors import ConfigError
 from robustjax.rws import analysis, batchnorm, fileformat
-from robustjax.rws import signatures as sig_lib
-from robustjax.weightspace import interpolate, trees
+from robustjax.weightspace import batchnorm as bn_modes
+from robustjax.weightspace import trees
 
 import tiny_models
 
@@ -257,10 +257,10 @@ def test_batch_stats_options(family):
   assert kept["batch_stats"] is base["batch_stats"]
   images = [jax.random.uniform(jax.random.key(i), (8, 32, 32, 3))
             for i in range(2)]
-  stats_fn = interpolate.flax_stats_fn(model.apply)
+  stats_fn = bn_modes.flax_stats_fn(model.apply)
   redone = rws.patch_variables(base, sig, batch_stats="recompute",
                                stats_fn=stats_fn, batches=images)
-  want = interpolate.recompute_batch_stats(
+  want = bn_modes.recompute_batch_stats(
       stats_fn, {"params": rws.patch(base["params"], sig),
                  "batch_stats": base["batch_stats"]}, images)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
@@ -282,7 +282,7 @@ def test_batch_stats_options(family):
   np.testing.assert_allclose(avg["batch_stats"]["bn2"]["mean"], (
       f["brightness"]["batch_stats"]["bn2"]["mean"].astype(np.float64) +
       f["contrast"]["batch_stats"]["bn2"]["mean"]) / 2, rtol=1e-6)
-  with pytest.raises(ConfigError, match="one of keep, recompute, average"):
+  with pytest.raises(ConfigError, match="one of keep_a, recompute, average"):
     rws.patch_variables(base, sig, batch_stats="reset")
   assert batchnorm.is_bn("bn1/scale") and not batchnorm.is_bn("conv1/kernel")
 
@@ -368,7 +368,7 @@ def test_average_follows_the_reference_rule(resnet_family):
   # in), i.e. the tree the reference has before its bn_update.
   out = rws.patch_variables(
       f["clean"], sigs, coefs, batch_stats="average", blend=0.0,
-      stats_fn=interpolate.flax_stats_fn(model.apply), batches=images,
+      stats_fn=bn_modes.flax_stats_fn(model.apply), batches=images,
       robust_variables=robust)
   # The reference rule, on torch keys, in numpy.
   flat = {k: {**trees.flatten(v["params"]),
@@ -438,7 +438,7 @@ def test_average_reestimates_statistics_on_corrupted_data(resnet_family):
       "fog", keys, jnp.asarray(clean_images), 5))
   batches = [foggy[:5], foggy[5:]]
   robust = [f["fog"], f["contrast"]]
-  stats_fn = interpolate.flax_stats_fn(model.apply)
+  stats_fn = bn_modes.flax_stats_fn(model.apply)
   out = rws.patch_variables(f["clean"], sig, 1.0, batch_stats="average",
                             stats_fn=stats_fn, batches=batches,
                             robust_variables=robust)
@@ -480,17 +480,16 @@ def test_corrupted_training_batches_are_the_training_images():
   corruption models' keys, one corruption after the other."""
   from robustjax import data
   from robustjax.data import corrupted
-  from robustjax.rws import task as rws_task
   train = data.load_split("cifar10", "train")
   split = data.ArraySplit(train.images[:50], train.labels[:50],
                           train.num_classes, "train")
-  batches = list(rws_task.CorruptedTrainBatches(split, 5, 0, 0, 32)(
+  batches = list(corrupted.CorruptedBatches(split, 5, 0, 0, 32)(
       ["fog", "contrast"]))
   assert [len(b) for b in batches] == [32, 18, 32, 18]
   want = corrupted.corrupt_split(split, "fog", (5,), seed=0).images
   np.testing.assert_allclose(np.concatenate(batches[:2]), want / 255.0,
                              atol=1e-7)
-  sub = rws_task.CorruptedTrainBatches(split, 5, 0, 1, 16)
+  sub = corrupted.CorruptedBatches(split, 5, 0, 1, 16)
   assert sub.images_per_corruption == 16
 
 
@@ -625,7 +624,7 @@ def test_transfer_to_a_target_of_another_class_count(saved, family,
   """theta_pre has 10 classes; the signature's models and the target are
   fine-tuned on 3 classes (fresh heads); the task evaluates the target on
   its own classes and patches exactly target + signature."""
-  from robustjax.rws import task as rws_task
+  from robustjax.tasks import rws as rws_task, rws_finetune
   # The target: fine-tuned from theta_pre on classes 3-5, so its head is
   # re-initialised with 3 outputs and every other layer starts at theta_pre.
   target_dir = str(tmp_path / "B_clean")
@@ -641,7 +640,7 @@ def test_transfer_to_a_target_of_another_class_count(saved, family,
   # Dataset A's models: 3 classes too (synthetic moves from theta_pre).
   model, _ = _init(0)
   model3 = models.create_model("small_cnn", num_classes=3, width=0.125)
-  base, _ = rws_task.start_variables(
+  base, _ = rws_finetune.start_variables(
       _variables_of(pre), model3, dict(SPEC, num_classes=3), (32, 32, 3), 0)
   spec3 = dict(SPEC, num_classes=3)
   root = tmp_path / "A"
@@ -652,7 +651,7 @@ def test_transfer_to_a_target_of_another_class_count(saved, family,
       f"target={target_dir}")
   config.theta_pre = f"{saved}/pre"
   # The target with the signature added and nothing else (BN included).
-  config.batch_stats = "keep"
+  config.batch_stats = "keep_a"
   workdir = str(tmp_path / "analysis")
   report = tasks.run(config, workdir)
   assert report["transfer"] and report["classes"] == [3, 4, 5]

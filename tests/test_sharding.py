@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from tiny_models import objective_params
 from jax.sharding import PartitionSpec as P
 
 from configs import common
@@ -144,9 +145,11 @@ def _tiny_step(mesh, strategy: str):
   batch (32 random images) and key placed on ``mesh``."""
   model = TinyBNNet()
   tx, schedule = _tx()
-  objective = objectives.make_objective(ml_collections.ConfigDict(dict(
-      name="standard", eps=8 / 255, step_size=2 / 255, steps=1, beta=6.0,
-      random_start=True)), model)
+  objective = objectives.make_objective(objective_params("standard",
+                                                         eps=8 / 255,
+                                                         step_size=2 / 255,
+                                                         steps=1, beta=6.0,
+                                                         random_start=True), model)
   init = lambda k: step_lib.init_state(model, tx, k, (32, 32, 3))  # noqa: E731
   shardings = sharding.state_shardings(jax.eval_shape(init, jax.random.key(0)),
                                        mesh, strategy, min_size=TINY_MIN_SIZE)

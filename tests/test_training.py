@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from tiny_models import objective_params
 
 from configs import at as at_config
 from robustjax import checkpoint, data, models, sharding
@@ -32,9 +33,8 @@ def smoke_config(objective: str = "pgd_at") -> ml_collections.ConfigDict:
 def _step_parts(objective: str, mesh, *, model_name="small_cnn", width=0.25,
                 lr=0.05):
   model = models.create_model(model_name, num_classes=10, width=width)
-  obj_cfg = ml_collections.ConfigDict(dict(
-      name=objective, eps=8 / 255, step_size=2 / 255, steps=2, beta=6.0,
-      random_start=True))
+  obj_cfg = objective_params(objective, eps=8 / 255, step_size=2 / 255,
+                             steps=2, beta=6.0, random_start=True)
   opt_cfg = ml_collections.ConfigDict(dict(
       lr=lr, momentum=0.9, nesterov=False, weight_decay=5e-4,
       schedule="constant"))
@@ -328,8 +328,9 @@ def test_trades_batchnorm_statistics_follow_the_reference_three_passes():
   b, beta = 16, 6.0
   x = jax.random.uniform(jax.random.key(1), (b, 8, 8, 3))
   y = jnp.arange(b) % 10
-  obj = objectives.make_objective(ml_collections.ConfigDict(dict(
-      name="trades", eps=8 / 255, step_size=2 / 255, steps=3, beta=beta)),
+  obj = objectives.make_objective(objective_params("trades", eps=8 / 255,
+                                                   step_size=2 / 255, steps=3,
+                                                   beta=beta),
       model)
   x_adv = obj.attack(variables, x, y, jax.random.key(2))
   (loss, (stats, _)), grads = jax.value_and_grad(obj.loss, has_aux=True)(
@@ -369,8 +370,9 @@ def test_trades_replayed_third_pass_equals_a_real_third_pass():
   x = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3))
   x_adv = jnp.clip(x + 8 / 255 * jnp.sign(
       jax.random.normal(jax.random.key(2), x.shape)), 0, 1)
-  obj = objectives.make_objective(ml_collections.ConfigDict(dict(
-      name="trades", eps=8 / 255, step_size=2 / 255, steps=1, beta=6.0)),
+  obj = objectives.make_objective(objective_params("trades", eps=8 / 255,
+                                                   step_size=2 / 255, steps=1,
+                                                   beta=6.0),
       model)
   _, (stats, _) = obj.loss(params, stats0, x, x_adv, jnp.zeros(8, jnp.int32))
   real = stats0
@@ -437,9 +439,10 @@ def test_mart_recipe_is_the_reference_resnet18_script():
   assert (config.optimizer.lr, config.optimizer.weight_decay,
           config.optimizer.momentum) == (0.01, 3.5e-3, 0.9)
   assert config.batch_size == 128
-  assert (config.objective.beta, config.objective.eps,
-          config.objective.step_size, config.objective.steps) == (
-              5.0, 0.031, 0.007, 10)
+  attack = config.objective.attack
+  assert (config.objective.beta, attack.eps, attack.step_size,
+          attack.steps) == (5.0, 0.031, 0.007, 10)
+  assert (attack.name, attack.loss, attack.start) == ("pgd", "ce", "normal")
   _assert_schedule_matches_reference(config, 0.01, 390)
 
 
@@ -451,7 +454,7 @@ def test_mart_wrn_recipe_is_the_reference_wideresnet_script():
   assert config.model.name == "wrn34_10"
   assert config.num_epochs == 90
   assert (config.optimizer.lr, config.optimizer.weight_decay) == (0.1, 7e-4)
-  assert (config.objective.beta, config.objective.eps) == (6.0, 0.031)
+  assert (config.objective.beta, config.objective.attack.eps) == (6.0, 0.031)
   _assert_schedule_matches_reference(config, 0.1, 390)
 
 
@@ -471,9 +474,11 @@ def test_train_mode_attack_follows_robust_overfitting_train_cifar():
   images = np.asarray(jax.random.randint(jax.random.key(4), (b, 8, 8, 3), 0,
                                          256), np.uint8)
   labels = np.arange(b, dtype=np.int32) % 10
-  obj = objectives.make_objective(ml_collections.ConfigDict(dict(
-      name="pgd_at", eps=eps, step_size=alpha, steps=steps,
-      random_start=False, attack_bn="train")), model)
+  obj = objectives.make_objective(objective_params("pgd_at", eps=eps,
+                                                   step_size=alpha,
+                                                   steps=steps,
+                                                   random_start=False,
+                                                   attack_bn="train"), model)
   tx, schedule = optimizer.make_optimizer(ml_collections.ConfigDict(dict(
       lr=lr, momentum=0.9, nesterov=False, weight_decay=wd,
       schedule="constant")), 10)
@@ -518,24 +523,24 @@ def test_train_mode_attack_follows_robust_overfitting_train_cifar():
 
 def test_attack_bn_train_is_refused_where_the_reference_attacks_in_eval():
   for name in ("trades", "mart"):
-    cfg = ml_collections.ConfigDict(dict(name=name, eps=8 / 255,
-                                         step_size=2 / 255, steps=2,
-                                         beta=6.0, attack_bn="train"))
+    cfg = objective_params(name, eps=8 / 255, step_size=2 / 255, steps=2,
+                           beta=6.0, attack_bn="train")
     with pytest.raises(ConfigError, match="attack_bn"):
       objectives.validate(cfg)
   with pytest.raises(ConfigError, match="attack_bn"):
-    objectives.validate(ml_collections.ConfigDict(dict(
-        name="pgd_at", eps=8 / 255, step_size=2 / 255, steps=2,
-        attack_bn="batch")))
+    objectives.validate(objective_params("pgd_at", eps=8 / 255,
+                                         step_size=2 / 255, steps=2,
+                                         attack_bn="batch"))
 
 
 @pytest.mark.parametrize("objective", ["pgd_at", "fgsm_rs"])
 def test_train_mode_attack_step_is_finite_and_learns(objective, real_batch):
   mesh = sharding.make_mesh(1)
   model = models.create_model("small_cnn", num_classes=10, width=0.25)
-  obj = objectives.make_objective(ml_collections.ConfigDict(dict(
-      name=objective, eps=8 / 255, step_size=2 / 255, steps=2,
-      random_start=True, attack_bn="train")), model)
+  obj = objectives.make_objective(objective_params(objective, eps=8 / 255,
+                                                   step_size=2 / 255, steps=2,
+                                                   random_start=True,
+                                                   attack_bn="train"), model)
   assert obj.attack_with_stats is not None
   assert (obj.after_update is not None) == (objective == "pgd_at")
   tx, schedule = optimizer.make_optimizer(ml_collections.ConfigDict(dict(
@@ -560,9 +565,10 @@ def test_train_mode_attack_fsdp_step_equals_dp_step():
   updated, sharded weights) gives the dp step's weights and statistics."""
   mesh = sharding.make_mesh(8)
   model = models.create_model("small_cnn", num_classes=10, width=0.5)
-  obj = objectives.make_objective(ml_collections.ConfigDict(dict(
-      name="pgd_at", eps=8 / 255, step_size=2 / 255, steps=1,
-      random_start=True, attack_bn="train")), model)
+  obj = objectives.make_objective(objective_params("pgd_at", eps=8 / 255,
+                                                   step_size=2 / 255, steps=1,
+                                                   random_start=True,
+                                                   attack_bn="train"), model)
   tx, schedule = optimizer.make_optimizer(ml_collections.ConfigDict(dict(
       lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
       schedule="constant")), 10)

@@ -15,8 +15,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import interpolate as interpolate_config
 from robustjax import checkpoint, models, sharding, tasks
 from robustjax.errors import ConfigError
-from robustjax.weightspace import (arithmetic, curves, interpolate,
-                                   sharpness, streaming, trees)
+from robustjax.weightspace import (arithmetic, batchnorm, curves,
+                                   interpolate, sharpness, streaming, trees)
 
 import tiny_models
 
@@ -166,7 +166,7 @@ def test_non_float_leaves_and_batch_stats_modes(pair):
   assert int(interpolate.interpolate(a, b, 0.7,
                                      non_float="nearest")["counter"]) == 9
   mean = lambda v: trees.flatten(v["batch_stats"])["bn1/mean"]  # noqa: E731
-  for mode, expected in (("a", mean(va)), ("b", mean(vb)),
+  for mode, expected in (("keep_a", mean(va)), ("keep_b", mean(vb)),
                          ("interpolate", 0.5 * (mean(va) + mean(vb)))):
     out = interpolate.interpolate_variables(va, vb, 0.5, batch_stats=mode)
     np.testing.assert_allclose(mean(out), expected, rtol=1e-6)
@@ -175,7 +175,7 @@ def test_non_float_leaves_and_batch_stats_modes(pair):
 def test_recomputed_batch_stats_are_the_average_batch_statistics(pair):
   model, va, vb = pair
   x = jax.random.uniform(jax.random.key(3), (16, 32, 32, 3))
-  stats_fn = interpolate.flax_stats_fn(model.apply)
+  stats_fn = batchnorm.flax_stats_fn(model.apply)
   mid = interpolate.interpolate_variables(va, vb, 0.5)
   # Reference: Flax's update from zero statistics is 0.1 * batch statistic.
   zero = dict(mid, batch_stats=jax.tree.map(jnp.zeros_like,
@@ -358,15 +358,15 @@ def test_loss_barrier_known_answer_with_unequal_endpoints():
 
 def test_curve_evaluator_agrees_with_evaluation(pair):
   from configs import common
-  from robustjax import data, evaluation
+  from robustjax import attacks, data, evaluation
   model, va, vb = pair
   split = data.load_split("cifar10", "test")
   mesh = sharding.make_mesh(1)
-  attack = common.pgd_attack(2)
-  eval_fn = curves.make_evaluator(model, split, mesh, attack_cfg=attack,
+  attack = attacks.build(common.pgd_attack(2))
+  eval_fn = curves.make_evaluator(model, split, mesh, attack=attack,
                                   batch_size=32, num_examples=48)
   curve = curves.interpolation_curve(eval_fn, va, vb, [0.0, 1.0])
-  ref = evaluation.evaluate(model, vb, split, mesh, attack_cfg=attack,
+  ref = evaluation.evaluate(model, vb, split, mesh, attack=attack,
                             batch_size=32, num_examples=48)
   assert curve[1]["clean_acc"] == ref["clean_acc"]
   assert curve[1]["adv_acc"] == ref["adv_acc"]
@@ -424,7 +424,8 @@ def _task_config(saved, **overrides):
     ({"checkpoint_b": "/nonexistent/run"}, "no checkpoint found"),
     ({"alphas": (0.0, 1.2)}, "alpha=1.2 is outside [0, 1]"),
     ({"batch_stats": "mean"}, "batch_stats='mean'"),
-    ({"ood": "benchmark15", "eval.attack.eps": 2.0}, "outside [0, 1]"),
+    ({"ood.corruptions": "benchmark15", "eval.attack.eps": 2.0},
+     "outside [0, 1]"),
 ])
 def test_interpolate_bad_input_writes_nothing(saved, tmp_path, overrides,
                                               message):

@@ -149,3 +149,18 @@ def save_checkpoint(workdir, variables, spec: dict, step: int) -> str:
                    "step": np.int32(step)}, {"model": spec})
   ckpt.close()
   return workdir
+
+
+def objective_params(name: str, *, eps: float = 8 / 255,
+                     step_size: float = 2 / 255, steps: int = 2,
+                     beta: float = 6.0, random_start: bool = True,
+                     attack_bn: str = "eval") -> dict:
+  """``make_objective``'s params for objective ``name`` with its reference
+  attack at these budgets (``random_start=False``: start at x)."""
+  from robustjax.training import objectives
+  params = objectives.reference_params(name, eps=eps, step_size=step_size,
+                                       steps=steps, beta=beta,
+                                       attack_bn=attack_bn)
+  if not random_start:
+    params["attack"]["start"] = "zero"
+  return params

@@ -36,11 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.attacks import iterative as it
+from robustjax.attacks import checks, iterative as it, registry
 from robustjax.attacks.losses import cross_entropy, dlr, targeted_dlr
-from robustjax.attacks.pgd import (NORMS, _check_choice, _check_eps,
-                                   _check_images, _check_labels, _static_float,
-                                   _static_int)
+from robustjax.attacks.checks import NORMS
 from robustjax.errors import ConfigError
 
 APGD_LOSSES = ("ce", "dlr", "dlr-targeted")
@@ -211,15 +209,15 @@ def make_step(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
 def check_args(eps, norm: str, loss: str, steps: int, rho: float,
                eot_iter: int, restarts: int = 1) -> tuple:
   """Validated ``(eps, norm, loss, steps, rho, eot_iter, restarts)``."""
-  eps = _check_eps(eps)
-  norm = _check_choice("norm", norm, NORMS)
-  loss = _check_choice("loss", loss, APGD_LOSSES)
-  steps = _static_int("steps", steps, 1)
-  rho = _static_float("rho", rho)
+  eps = checks.check_eps(eps)
+  norm = checks.check_choice("norm", norm, NORMS)
+  loss = checks.check_choice("loss", loss, APGD_LOSSES)
+  steps = checks.static_int("steps", steps, 1)
+  rho = checks.static_float("rho", rho)
   if not 0.0 < rho <= 1.0:
     raise ConfigError(f"rho={rho} must be in (0, 1]; the reference uses 0.75")
-  return (eps, norm, loss, steps, rho, _static_int("eot_iter", eot_iter, 1),
-          _static_int("restarts", restarts, 1))
+  return (eps, norm, loss, steps, rho, checks.static_int("eot_iter", eot_iter, 1),
+          checks.static_int("restarts", restarts, 1))
 
 
 def apgd(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
@@ -253,8 +251,8 @@ def apgd(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
   """
   eps, norm, loss, steps, rho, eot_iter, restarts = check_args(
       eps, norm, loss, steps, rho, eot_iter, restarts)
-  x = _check_images(x)
-  y = _check_labels("y", y, x)
+  x = checks.check_images(x)
+  y = checks.check_labels("y", y, x)
   if (loss == "dlr-targeted") != (target is not None):
     raise ConfigError("apgd: pass target= exactly when loss='dlr-targeted'")
   if keyed:
@@ -275,3 +273,85 @@ def apgd(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
     robust = robust & state["robust"]
   return jax.lax.stop_gradient(x_adv), robust
 
+
+
+# ---------------------------------------------------------------------------
+# The registered forms (robustjax.attacks.registry): ``apgd-ce``,
+# ``apgd-dlr`` and ``apgd-t`` with AutoAttack's defaults.
+
+_APGD_DEFAULTS = dict(eps=8 / 255, norm="linf", steps=100, restarts=1,
+                      rho=0.75, eot_iter=1)
+
+
+def _check_apgd(p: dict) -> None:
+  check_args(p["eps"], p["norm"], "ce", p["steps"], p["rho"], p["eot_iter"],
+             p["restarts"])
+  if "n_target_classes" in p:
+    checks.static_int("n_target_classes", p["n_target_classes"], 1)
+
+
+def _finish(state: it.State, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  robust = state["robust"]
+  return it.where_b(robust, x, state["x_best_adv"]), robust
+
+
+def _apgd_stepwise(loss: str) -> Callable[..., registry.Stepwise]:
+  """The chunked form of APGD with ``loss`` for AutoAttack's driver."""
+  targeted = loss == "dlr-targeted"
+
+  def build(*, eps, norm, steps, restarts, rho, eot_iter,
+            n_target_classes=None) -> registry.Stepwise:
+    del n_target_classes  # the driver picks the targets
+    kwargs = dict(eps=eps, norm=norm, loss=loss, eot_iter=eot_iter)
+
+    def init(model, x, y, target, keys):
+      return init_state(model, x, y, keys, target=target if targeted
+                        else None, **kwargs)
+
+    def step(model, x, y, target, keys):
+      return make_step(model, x, y, keys, steps=steps, rho=rho,
+                       target=target if targeted else None, **kwargs)
+
+    return registry.Stepwise(init, step, _finish, steps, targeted=targeted,
+                             restarts=1 if targeted else restarts)
+  return build
+
+
+def _label(name: str) -> Callable[[dict], str]:
+  return lambda p: f"{name}{int(p['steps'])}"
+
+
+def _register_untargeted(name: str, loss: str) -> None:
+  @registry.register(name, defaults=_APGD_DEFAULTS, label=_label(name),
+                     check=_check_apgd, stepwise=_apgd_stepwise(loss))
+  def attack(logits_fn, x, y, key, *, eps, norm, steps, restarts, rho,
+             eot_iter):
+    return apgd(logits_fn, x, y, key=key, eps=eps, norm=norm, steps=steps,
+                loss=loss, restarts=restarts, rho=rho, eot_iter=eot_iter)[0]
+  attack.__doc__ = f"``{name}`` by name: APGD maximising {loss.upper()}."
+
+
+_register_untargeted("apgd-ce", "ce")
+_register_untargeted("apgd-dlr", "dlr")
+
+
+@registry.register(
+    "apgd-t", defaults=dict(_APGD_DEFAULTS, n_target_classes=9),
+    label=_label("apgd-t"), check=_check_apgd,
+    stepwise=_apgd_stepwise("dlr-targeted"))
+def apgd_targeted(logits_fn, x, y, key, *, eps, norm, steps, restarts, rho,
+                  eot_iter, n_target_classes):
+  """``apgd-t`` by name: targeted-DLR APGD towards each of the
+  ``n_target_classes`` highest non-true classes of the clean logits in
+  turn; an example keeps its first success (AutoAttack's APGD-T)."""
+  ranking = jnp.argsort(-jax.lax.stop_gradient(logits_fn(x)), axis=-1)
+  keys = it.example_keys(key, x.shape[0])
+  x_adv, robust = x, jnp.ones(x.shape[:1], bool)
+  for r in range(1, min(n_target_classes, ranking.shape[1] - 1) + 1):
+    found, still = apgd(logits_fn, x, y, key=it.fold_in_each(keys, r),
+                        eps=eps, norm=norm, steps=steps,
+                        loss="dlr-targeted", target=ranking[:, r],
+                        restarts=restarts, rho=rho, eot_iter=eot_iter)
+    x_adv = it.where_b(robust & ~still, found, x_adv)
+    robust = robust & still
+  return x_adv

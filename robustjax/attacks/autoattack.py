@@ -1,5 +1,11 @@
 """AutoAttack (Croce & Hein 2020): the standard cascade, ``rand`` and custom.
 
+One module of about 460 lines on purpose: the configuration, the compiled
+chunks, the cascade and its final checks only serve one driver, whose
+bookkeeping (which points are still robust, which key each pass gets) is
+easiest to check in one place. The attacks themselves come from the attack
+registry (``registry.Stepwise``).
+
 ``run_autoattack`` follows fra31/auto-attack's ``run_standard_evaluation``:
 
   1. a clean pass; misclassified points count as broken;
@@ -48,12 +54,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax import sharding
-from robustjax.attacks import apgd as apgd_lib
-from robustjax.attacks import fab as fab_lib
-from robustjax.attacks import iterative as it
-from robustjax.attacks import square as square_lib
-from robustjax.attacks.pgd import NORMS, _check_choice, _check_eps
+from robustjax import data, sharding
+from robustjax.attacks import (apgd as apgd_lib, checks, iterative as it,
+                               registry)
+from robustjax.attacks.checks import NORMS
 from robustjax.errors import ConfigError
 
 # ``apply_fn(variables, x, key) -> logits``; deterministic models ignore key.
@@ -100,17 +104,35 @@ class AutoAttackConfig:
     """
     return self.version == "rand" or self.eot_iter > 1
 
+  def attack(self, name: str) -> registry.Attack:
+    """Attack ``name`` of the cascade, built from the attack registry with
+    this configuration's hyper-parameters."""
+    common = dict(name=name, eps=self.eps, norm=self.norm)
+    if name.startswith("apgd"):
+      params = dict(common, steps=self.apgd_steps, rho=self.apgd_rho,
+                    eot_iter=self.eot_iter, restarts=self.apgd_restarts)
+      if name == "apgd-t":
+        params["n_target_classes"] = self.n_target_classes
+      return registry.build(params)
+    if name == "fab-t":
+      return registry.build(common, steps=self.fab_steps,
+                            n_target_classes=self.n_target_classes)
+    if name == "square":
+      return registry.build(common, n_queries=self.square_queries,
+                            p_init=self.square_p_init)
+    return registry.build(common)
+
   def validated(self) -> "AutoAttackConfig":
     """Self, or a one-line ConfigError naming the bad value and the fix."""
-    _check_eps(self.eps)
-    _check_choice("norm", self.norm, NORMS)
-    _check_choice("version", self.version, tuple(VERSIONS) + ("custom",))
+    checks.check_eps(self.eps)
+    checks.check_choice("norm", self.norm, NORMS)
+    checks.check_choice("version", self.version, tuple(VERSIONS) + ("custom",))
     if self.version == "custom":
       if not self.attacks:
         raise ConfigError("version='custom' needs attacks, e.g. "
                           "attacks=('apgd-ce', 'square')")
       for name in self.attacks:
-        _check_choice("attack", name, ATTACKS)
+        checks.check_choice("attack", name, ATTACKS)
     elif self.attacks:
       raise ConfigError(f"attacks={list(self.attacks)} only applies to "
                         f"version='custom' (got version={self.version!r})")
@@ -205,76 +227,31 @@ def _point_keys(pass_key: jax.Array, index: np.ndarray, mesh) -> jax.Array:
 
 @functools.lru_cache(maxsize=32)
 def _build(name: str, cfg: AutoAttackConfig, apply_fn: ApplyFn, mesh,
-           chunk_size: int) -> tuple[_Compiled, list[tuple[int, int]]]:
-  """The compiled pieces of attack ``name`` and its chunk plan.
+           chunk_size: int
+           ) -> tuple[_Compiled, list[tuple[int, int]], registry.Stepwise]:
+  """The compiled pieces of attack ``name`` (from the attack registry's
+  chunked form), its chunk plan, and the chunked form itself.
 
   Cached, so attacking several checkpoints of one model (same ``apply_fn``
   object) compiles each attack once per batch shape.
   """
   model = functools.partial(_model, apply_fn, randomised=cfg.randomised)
-  if name.startswith("apgd"):
-    loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}[name]
-    kwargs = dict(eps=cfg.eps, norm=cfg.norm, loss=loss,
-                  eot_iter=cfg.eot_iter)
-    tgt = (lambda t: t) if loss == "dlr-targeted" else (lambda t: None)
+  sw = cfg.attack(name).stepwise()
 
-    def init(variables, x, y, target, keys):
-      return apgd_lib.init_state(model(variables), x, y, keys,
-                                 target=tgt(target), **kwargs)
+  def init(variables, x, y, target, keys):
+    return sw.init(model(variables), x, y, target, keys)
 
-    def chunk(variables, state, x, y, target, keys, start, count):
-      step = apgd_lib.make_step(model(variables), x, y, keys,
-                                steps=cfg.apgd_steps, target=tgt(target),
-                                rho=cfg.apgd_rho, **kwargs)
-      return it.run_steps(step, state, start, count)
+  def chunk(variables, state, x, y, target, keys, start, count):
+    step = sw.make_step(model(variables), x, y, target, keys)
+    return it.run_steps(step, state, start, count)
 
-    def finish(state, x):
-      robust = state["robust"]
-      return it.where_b(robust, x, state["x_best_adv"]), robust
-
-    steps = cfg.apgd_steps
-  elif name == "fab-t":
-
-    def init(variables, x, y, target, keys):
-      del variables, y, target, keys
-      return fab_lib.init_state(x)
-
-    def chunk(variables, state, x, y, target, keys, start, count):
-      step = fab_lib.make_step(model(variables), x, y, target, keys,
-                               norm=cfg.norm)
-      return it.run_steps(step, state, start, count)
-
-    def finish(state, x):
-      return fab_lib.finish(state, x, cfg.eps)
-
-    steps = cfg.fab_steps
-  else:  # square
-
-    def init(variables, x, y, target, keys):
-      del target
-      return square_lib.init_state(model(variables), x, y, keys,
-                                   eps=cfg.eps, norm=cfg.norm)
-
-    def chunk(variables, state, x, y, target, keys, start, count):
-      step = square_lib.make_step(model(variables), x, y, keys,
-                                  eps=cfg.eps, norm=cfg.norm,
-                                  n_queries=cfg.square_queries,
-                                  p_init=cfg.square_p_init)
-      return it.run_steps(step, state, start, count)
-
-    def finish(state, x):
-      robust = state["margin"] > 0.0
-      return it.where_b(robust, x, state["x_best"]), robust
-
-    steps = cfg.square_queries
-    chunk_size = max(chunk_size, 25)  # one forward per query: cheap steps
-  plan = it.chunk_plan(steps, chunk_size)
+  plan = it.chunk_plan(sw.steps, max(chunk_size, sw.min_chunk))
   count = plan[0][1]
   compiled = _Compiled(
       mesh, init,
       lambda v, s, x, y, t, k, start: chunk(v, s, x, y, t, k, start, count),
-      finish)
-  return compiled, plan
+      sw.finish)
+  return compiled, plan, sw
 
 
 def _batch_size_for(remaining: int, batch_size: int, n_devices: int) -> int:
@@ -341,10 +318,12 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
   forward_root = jax.random.fold_in(root, _FORWARD_STREAM)
 
   # 1. Clean pass: predictions and the class ranking the targets come from.
+  # (logits_fn: the fresh check of each batch an attack returns.)
   logits_fn = jax.jit(
       lambda v, x, keys: _model(apply_fn, v, cfg.randomised)(x, keys),
       in_shardings=(sharding.replicated(mesh), bat, bat), out_shardings=bat)
-  clean_logits = _logits(logits_fn, variables, images, indices,
+  logits_step = _logits_step(apply_fn, cfg.randomised, mesh)
+  clean_logits = _logits(logits_step, variables, images, indices,
                          jax.random.fold_in(forward_root, 0), batch_size,
                          mesh)
   num_classes = clean_logits.shape[1]
@@ -356,14 +335,12 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
 
   for position, name in enumerate(cfg.attack_list()):
     t0 = time.time()
-    compiled, plan = _build(name, cfg, apply_fn, mesh, chunk_size)
-    if name in ("apgd-t", "fab-t"):
+    compiled, plan, sw = _build(name, cfg, apply_fn, mesh, chunk_size)
+    if sw.targeted:
       n_targets = min(cfg.n_target_classes, num_classes - 1)
       runs = [(r, ranking[:, r]) for r in range(1, n_targets + 1)]
-    elif name.startswith("apgd"):
-      runs = [(r, labels) for r in range(cfg.apgd_restarts)]
     else:
-      runs = [(0, labels)]
+      runs = [(r, labels) for r in range(sw.restarts)]
     for run_id, targets in runs:
       todo = np.flatnonzero(robust)
       if todo.size == 0:
@@ -383,8 +360,8 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
         for i, (start, _) in enumerate(plan):
           state = compiled.chunk(variables, state, x, y, target, keys,
                                  jnp.int32(start))
-          if name == "square" and i % 8 == 7 and not bool(
-              jnp.any(state["margin"][:rows.size] > 0)):
+          if sw.still_robust is not None and i % 8 == 7 and not bool(
+              jnp.any(sw.still_robust(state)[:rows.size])):
             break  # every point of the batch is misclassified
         batch_adv, _ = compiled.finish(state, x)
         batch_adv = np.asarray(batch_adv)[:rows.size]
@@ -404,7 +381,7 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
       on_attack(row)
 
   final_key = jax.random.fold_in(forward_root, len(cfg.attack_list()) + 1)
-  max_pert = _final_checks(variables, logits_fn, images, labels, indices,
+  max_pert = _final_checks(variables, logits_step, images, labels, indices,
                            final_key, x_adv, robust, clean_correct, cfg, mesh,
                            batch_size)
   return AutoAttackResult(
@@ -424,19 +401,30 @@ def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([a, np.repeat(a[:1], size - a.shape[0], 0)])
 
 
-def _logits(logits_fn, variables, a: np.ndarray, index: np.ndarray,
-            pass_key: jax.Array, size: int, mesh) -> np.ndarray:
-  """Logits of every row of ``a`` in padded batches of ``size``: ``[N, C]``.
+@functools.lru_cache(maxsize=8)
+def _logits_step(apply_fn: ApplyFn, randomised: bool, mesh) -> data.Step:
+  """The compiled ``data`` step of the clean pass and the final check:
+  ``((variables, index), batch, pass_key) -> {"logits"}``, row ``b`` keyed
+  by ``fold_in(pass_key, index[batch["index"][b]])``."""
 
-  Row ``n`` is evaluated with the key ``fold_in(pass_key, index[n])``.
-  """
-  out = []
-  for lo in range(0, a.shape[0], size):
-    rows = a[lo:lo + size]
-    keys = _point_keys(pass_key, _pad_to(index[lo:lo + size], size), mesh)
-    out.append(np.asarray(logits_fn(variables, _put(_pad_to(rows, size),
-                                                     mesh), keys))[:len(rows)])
-  return np.concatenate(out)
+  def step(tree, batch, key):
+    variables, point_index = tree
+    keys = data.example_keys(key, point_index[batch["index"]])
+    return {"logits": _model(apply_fn, variables, randomised)(
+        data.to_float(batch["image"]), keys)}
+
+  return data.compile_step(step, mesh)
+
+
+def _logits(step: data.Step, variables, a: np.ndarray, index: np.ndarray,
+            pass_key: jax.Array, size: int, mesh) -> np.ndarray:
+  """Logits ``[N, K]`` of every row of ``a`` ``[N, H, W, C]`` (row ``n``
+  keyed by ``fold_in(pass_key, index[n])``), through ``data.collect_rows``
+  in padded batches of ``size``."""
+  split = data.ArraySplit(np.asarray(a, np.float32),
+                          np.zeros(a.shape[0], np.int32), 0, "autoattack")
+  return data.collect_rows(step, (variables, jnp.asarray(index)), split,
+                           mesh, batch_size=size, key=pass_key)["logits"]
 
 
 def _perturbation(x_adv: np.ndarray, x: np.ndarray, norm: str) -> np.ndarray:
@@ -455,7 +443,7 @@ def _check_in_ball(x_adv: np.ndarray, x: np.ndarray,
         f"{cfg.eps} or outside [0, 1] (perturbation {worst}); this is a bug")
 
 
-def _final_checks(variables, logits_fn, images, labels, indices, pass_key,
+def _final_checks(variables, logits_step, images, labels, indices, pass_key,
                   x_adv, robust, clean_correct, cfg, mesh, batch_size
                   ) -> float:
   """Re-evaluates every final point; returns the largest perturbation.
@@ -464,8 +452,8 @@ def _final_checks(variables, logits_fn, images, labels, indices, pass_key,
   that the robust accuracy recomputed on the returned points agrees (which
   a randomised model need not: its re-evaluation draws fresh noise).
   """
-  preds = np.argmax(_logits(logits_fn, variables, x_adv, indices, pass_key,
-                            batch_size, mesh), -1)
+  preds = np.argmax(_logits(logits_step, variables, x_adv, indices,
+                            pass_key, batch_size, mesh), -1)
   if np.isnan(x_adv).any():
     raise AssertionError("NaN in the adversarial examples; this is a bug")
   _check_in_ball(x_adv, images, cfg)

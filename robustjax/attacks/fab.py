@@ -30,9 +30,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from robustjax.attacks import iterative as it
-from robustjax.attacks.pgd import (NORMS, _check_choice, _check_eps,
-                                   _check_images, _check_labels, _static_int)
+from robustjax.attacks import checks, iterative as it, registry
+from robustjax.attacks.checks import NORMS
 
 ALPHA_MAX = 0.1
 ETA = 1.05
@@ -233,12 +232,12 @@ def fab_targeted(logits_fn: Callable, x: jax.Array, y: jax.Array,
   Returns:
     ``(x_adv, robust)``; also see ``min_norm`` for the smallest norm found.
   """
-  eps = _check_eps(eps)
-  norm = _check_choice("norm", norm, NORMS)
-  steps = _static_int("steps", steps, 1)
-  x = _check_images(x)
-  y = _check_labels("y", y, x)
-  target = _check_labels("target", target, x)
+  eps = checks.check_eps(eps)
+  norm = checks.check_choice("norm", norm, NORMS)
+  steps = checks.static_int("steps", steps, 1)
+  x = checks.check_images(x)
+  y = checks.check_labels("y", y, x)
+  target = checks.check_labels("target", target, x)
   state = it.run_steps(_unkeyed_step(logits_fn, x, y, target, norm),
                        init_state(x), 0, steps)
   x_adv, robust = finish(state, x, eps)
@@ -252,9 +251,9 @@ def min_norm(logits_fn: Callable, x: jax.Array, y: jax.Array,
 
   ``1e10`` where none was found.
   """
-  norm = _check_choice("norm", norm, NORMS)
+  norm = checks.check_choice("norm", norm, NORMS)
   state = it.run_steps(_unkeyed_step(logits_fn, x, y, target, norm),
-                       init_state(x), 0, _static_int("steps", steps, 1))
+                       init_state(x), 0, checks.static_int("steps", steps, 1))
   return state["best"]
 
 
@@ -266,3 +265,48 @@ def _unkeyed_step(logits_fn: Callable, x: jax.Array, y: jax.Array,
   # them here.
   keys = it.example_keys(jax.random.key(0), x.shape[0])
   return make_step(lambda z, k: logits_fn(z), x, y, target, keys, norm=norm)
+
+
+# ---------------------------------------------------------------------------
+# The registered form (robustjax.attacks.registry): ``fab-t``.
+
+
+def _check_fab(p: dict) -> None:
+  checks.check_eps(p["eps"])
+  checks.check_choice("norm", p["norm"], NORMS)
+  checks.static_int("steps", p["steps"], 1)
+  checks.static_int("n_target_classes", p["n_target_classes"], 1)
+
+
+def _fab_stepwise(*, eps, norm, steps, n_target_classes) -> registry.Stepwise:
+  del n_target_classes  # the driver picks the targets
+
+  def init(model, x, y, target, keys):
+    del model, y, target, keys
+    return init_state(x)
+
+  def step(model, x, y, target, keys):
+    return make_step(model, x, y, target, keys, norm=norm)
+
+  return registry.Stepwise(init, step, lambda state, x: finish(state, x, eps),
+                           steps, targeted=True)
+
+
+@registry.register(
+    "fab-t", defaults=dict(eps=8 / 255, norm="linf", steps=100,
+                           n_target_classes=9),
+    label=lambda p: f"fab-t{int(p['steps'])}", check=_check_fab,
+    stepwise=_fab_stepwise)
+def fab_attack(logits_fn, x, y, key, *, eps, norm, steps, n_target_classes):
+  """``fab-t`` by name: FAB-T towards each of the ``n_target_classes``
+  highest non-true classes of the clean logits in turn; an example keeps
+  its first success (AutoAttack's FAB-T)."""
+  del key  # FAB-T draws nothing
+  ranking = jnp.argsort(-jax.lax.stop_gradient(logits_fn(x)), axis=-1)
+  x_adv, robust = x, jnp.ones(x.shape[:1], bool)
+  for r in range(1, min(n_target_classes, ranking.shape[1] - 1) + 1):
+    found, still = fab_targeted(logits_fn, x, y, ranking[:, r], eps=eps,
+                                norm=norm, steps=steps)
+    x_adv = it.where_b(robust & ~still, found, x_adv)
+    robust = robust & still
+  return x_adv

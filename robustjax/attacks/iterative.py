@@ -4,8 +4,8 @@ Each of these attacks is written as ``init(...) -> state`` plus
 ``step(state, i) -> state`` where ``i`` is the (traced) iteration number and
 ``state`` is a dict of per-example arrays. ``run_steps`` runs iterations
 ``[start, start + count)`` as an unrolled Python loop: XLA:CPU runs
-``while`` loops several times slower than straight-line code (DESIGN.md,
-Pitfalls), while unrolling all of APGD's 100 or Square's 5000 iterations
+``while`` loops several times slower than straight-line code
+(docs/design.md), while unrolling all of APGD's 100 or Square's 5000 iterations
 would make compilation take minutes. The AutoAttack driver therefore jits a
 *chunk* of a few unrolled iterations, with ``start`` traced so one compiled
 program serves every chunk, and calls it from Python; a user who wants one

@@ -135,6 +135,17 @@ def targeted_dlr(logits: jax.Array, labels: jax.Array,
 
 
 # Untargeted losses by the names configs use.
+def kl_divergence(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
+  """``KL(softmax(p) || softmax(q))`` per example, ``[B]``, in float32.
+
+  TRADES's attack maximises it with ``p`` the clean logits (held fixed) and
+  ``q`` the logits at the attacked point; its loss uses it too.
+  """
+  log_p = jax.nn.log_softmax(p_logits.astype(jnp.float32))
+  log_q = jax.nn.log_softmax(q_logits.astype(jnp.float32))
+  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
 LOSSES: dict[str, LossFn] = {
     "ce": cross_entropy,
     "cw": cw_margin,

@@ -1,5 +1,9 @@
 """FGSM, PGD and the projected-gradient-ascent engine they share.
 
+One module of about 480 lines on purpose: the engine, the two attacks and
+their registered forms share the start point, projection and step code,
+and reading them together is how one checks they agree.
+
 Attacks are pure functions of a *logits function* ``logits_fn(x) -> [B, C]``,
 so they know nothing about Flax: the caller closes over params and BatchNorm
 statistics in inference mode, e.g.
@@ -15,7 +19,7 @@ Conventions:
     attacks run inside the caller's ``jax.jit`` and bad values raise
     ``ConfigError`` before anything compiles.
   * Step and restart loops are unrolled Python loops: XLA:CPU runs
-    ``lax.fori_loop`` about 6x slower on this workload (DESIGN.md, Pitfalls).
+    ``lax.fori_loop`` about 6x slower on this workload (docs/design.md).
     Compile time grows with ``steps * restarts``, which is fine for the short
     loops of training (PGD-10) and evaluation (PGD-20..100).
   * The returned examples are ``stop_gradient``-ed: a training loss
@@ -28,21 +32,20 @@ Conventions:
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from robustjax.attacks import checks, registry
+from robustjax.attacks.checks import NORMS
 from robustjax.attacks.losses import (LOSSES, cross_entropy, cw_margin,
-                                      targeted_dlr)
+                                      kl_divergence, targeted_dlr)
 from robustjax.errors import ConfigError
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 ObjectiveFn = Callable[[jax.Array], jax.Array]
 
-NORMS = ("linf", "l2")
 INITS = ("uniform", "normal", "zero")
 # x + TRADES_INIT_SCALE * N(0, 1) is the start point of TRADES
 # (yaodongyu/TRADES trades.py); the default for init='normal'.
@@ -50,75 +53,6 @@ TRADES_INIT_SCALE = 0.001
 # FGSM-RS step of Wong et al. 2020 ("Fast is better than free"): alpha = 1.25
 # eps (10/255 for eps = 8/255); larger steps lead to catastrophic overfitting.
 FGSM_RS_STEP_RATIO = 1.25
-
-
-# ---------------------------------------------------------------------------
-# Validation. Everything here runs on Python values at trace time.
-
-
-def _static_float(name: str, value: Any) -> float:
-  """``value`` as a Python float, or a one-line ConfigError."""
-  if isinstance(value, jax.core.Tracer):
-    raise ConfigError(
-        f"{name} must be a Python number, not a traced array: attack "
-        f"hyper-parameters are static (close over them or mark them static)")
-  if isinstance(value, bool) or not isinstance(
-      value, (numbers.Real, np.ndarray, jax.Array)):
-    raise ConfigError(f"{name} must be a number, got {value!r}")
-  out = float(value)
-  if not math.isfinite(out):
-    raise ConfigError(f"{name} must be finite, got {out}")
-  return out
-
-
-def _static_int(name: str, value: Any, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise ConfigError(f"{name} must be a Python int, got {value!r}")
-  if value < minimum:
-    raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-  return int(value)
-
-
-def _check_eps(eps: Any) -> float:
-  eps = _static_float("eps", eps)
-  if not 0.0 <= eps <= 1.0:
-    raise ConfigError(
-        f"eps={eps} is outside [0, 1]; eps is in pixel units of [0, 1] "
-        f"images (e.g. 8/255 = {8 / 255:.5f})")
-  return eps
-
-
-def _check_step_size(step_size: Any) -> float:
-  step_size = _static_float("step_size", step_size)
-  if step_size < 0:
-    raise ConfigError(f"step_size must be >= 0, got {step_size}")
-  return step_size
-
-
-def _check_choice(name: str, value: Any, choices) -> str:
-  if not isinstance(value, str) or value not in choices:
-    raise ConfigError(
-        f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-  return value
-
-
-def _check_images(x: jax.Array) -> jax.Array:
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating) or x.ndim < 2:
-    raise ConfigError(
-        f"x must be a float batch [B, ...] of images in [0, 1], got "
-        f"{x.dtype}{tuple(x.shape)}; convert uint8 images with x / 255")
-  return x
-
-
-def _check_labels(name: str, labels: Any, x: jax.Array) -> jax.Array:
-  labels = jnp.asarray(labels)
-  if labels.shape != x.shape[:1] or not jnp.issubdtype(
-      labels.dtype, jnp.integer):
-    raise ConfigError(
-        f"{name} must be int [B] with B={x.shape[0]}, got "
-        f"{labels.dtype}{tuple(labels.shape)}")
-  return labels
 
 
 # ---------------------------------------------------------------------------
@@ -272,18 +206,18 @@ def projected_gradient_ascent(objective_fn: ObjectiveFn,
     ``x_adv``, same shape and dtype as ``x``, within the ball and [0, 1],
     with ``stop_gradient`` applied.
   """
-  eps = _check_eps(eps)
-  step_size = _check_step_size(step_size)
-  steps = _static_int("steps", steps, 0)
-  norm = _check_choice("norm", norm, NORMS)
-  init = _check_choice("init", init, INITS)
+  eps = checks.check_eps(eps)
+  step_size = checks.check_step_size(step_size)
+  steps = checks.static_int("steps", steps, 0)
+  norm = checks.check_choice("norm", norm, NORMS)
+  init = checks.check_choice("init", init, INITS)
   if init_scale is None:
     init_scale = TRADES_INIT_SCALE
-  init_scale = _static_float("init_scale", init_scale)
+  init_scale = checks.static_float("init_scale", init_scale)
   if init != "zero" and key is None:
     raise ConfigError(f"init={init!r} needs a PRNG key; pass key= or "
                       f"use init='zero'")
-  x = _check_images(x)
+  x = checks.check_images(x)
 
   x_adv = _initial_point(x, key, eps, norm, init, init_scale)
   grad_fn = jax.grad(lambda z: jnp.sum(objective_fn(z)))
@@ -367,14 +301,14 @@ def fgsm(logits_fn: LogitsFn,
   Returns:
     ``x_adv``, same shape and dtype as ``x``, ``stop_gradient``-ed.
   """
-  eps = _check_eps(eps)
-  loss = _check_choice("loss", loss, tuple(LOSSES))
+  eps = checks.check_eps(eps)
+  loss = checks.check_choice("loss", loss, tuple(LOSSES))
   if random_start and key is None:
     raise ConfigError("fgsm(random_start=True) needs a PRNG key; pass key=")
   if step_size is None:
     step_size = FGSM_RS_STEP_RATIO * eps if random_start else eps
-  x = _check_images(x)
-  y = _check_labels("y", y, x)
+  x = checks.check_images(x)
+  y = checks.check_labels("y", y, x)
   objective = _label_objective(loss, y, False, None)
   return projected_gradient_ascent(
       lambda z: objective(logits_fn(z)), x, key=key, eps=eps,
@@ -426,12 +360,12 @@ def pgd(logits_fn: LogitsFn,
     ``x_adv``, same shape and dtype as ``x``, ``stop_gradient``-ed.
   """
   # Validate everything up front, before any tracing of logits_fn.
-  eps = _check_eps(eps)
-  step_size = _check_step_size(step_size)
-  steps = _static_int("steps", steps, 0)
-  restarts = _static_int("restarts", restarts, 1)
-  norm = _check_choice("norm", norm, NORMS)
-  loss = _check_choice("loss", loss, tuple(LOSSES))
+  eps = checks.check_eps(eps)
+  step_size = checks.check_step_size(step_size)
+  steps = checks.static_int("steps", steps, 0)
+  restarts = checks.static_int("restarts", restarts, 1)
+  norm = checks.check_choice("norm", norm, NORMS)
+  loss = checks.check_choice("loss", loss, tuple(LOSSES))
   if targeted and target is None:
     raise ConfigError("pgd(targeted=True) needs target= (int [B] classes)")
   if not targeted and target is not None:
@@ -439,10 +373,10 @@ def pgd(logits_fn: LogitsFn,
                       "or drop target")
   if random_start and key is None:
     raise ConfigError("pgd(random_start=True) needs a PRNG key; pass key=")
-  x = _check_images(x)
-  y = _check_labels("y", y, x)
+  x = checks.check_images(x)
+  y = checks.check_labels("y", y, x)
   if targeted:
-    target = _check_labels("target", target, x)
+    target = checks.check_labels("target", target, x)
 
   objective = _label_objective(loss, y, targeted, target)
   init = "uniform" if random_start else "zero"
@@ -469,3 +403,79 @@ def pgd(logits_fn: LogitsFn,
     best_value = jnp.where(take, value, best_value)
     best_success = best_success | success
   return jax.lax.stop_gradient(best_x)
+
+
+# ---------------------------------------------------------------------------
+# The registered forms (robustjax.attacks.registry): the names configs use.
+
+PGD_LOSSES = tuple(LOSSES) + ("kl",)
+
+
+def _check_pgd(p: dict[str, Any]) -> None:
+  checks.check_eps(p["eps"])
+  checks.check_step_size(p["step_size"])
+  checks.static_int("steps", p["steps"], 0)
+  checks.static_int("restarts", p["restarts"], 1)
+  checks.check_choice("norm", p["norm"], NORMS)
+  checks.check_choice("loss", p["loss"], PGD_LOSSES)
+  checks.check_choice("start", p["start"], INITS)
+  if (p["loss"] == "kl" or p["start"] == "normal") and p["restarts"] != 1:
+    raise ConfigError("pgd with loss='kl' or start='normal' (the TRADES / "
+                      "MART inner maximisation) runs once; set restarts=1")
+
+
+def _pgd_label(p: dict[str, Any]) -> str:
+  restarts = int(p["restarts"])
+  return f"pgd{int(p['steps'])}" + (f"x{restarts}" if restarts > 1 else "")
+
+
+@registry.register(
+    "pgd", defaults=dict(eps=8 / 255, step_size=2 / 255, steps=10,
+                         restarts=1, norm="linf", loss="ce", start="uniform"),
+    label=_pgd_label, check=_check_pgd)
+def pgd_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
+               key: jax.Array | None, *, eps: float, step_size: float,
+               steps: int, restarts: int, norm: str, loss: str,
+               start: str) -> jax.Array:
+  """``pgd`` by name. ``start``: ``'uniform'`` in the ball, ``'zero'`` (at
+  ``x``) or ``'normal'`` (``x + 0.001 N(0, I)``, TRADES's and MART's start).
+  ``loss='kl'`` maximises ``KL(f(x) || f(x_adv))`` from the clean
+  prediction, label-free: TRADES's inner maximisation."""
+  if loss == "kl" or start == "normal":
+    # The TRADES / MART inner maximisation: one run from the key as given.
+    if loss == "kl":
+      clean = jax.lax.stop_gradient(logits_fn(x))
+      objective = lambda z: kl_divergence(clean, logits_fn(z))  # noqa: E731
+    else:
+      label_objective = _label_objective(loss, checks.check_labels("y", y, x),
+                                         False, None)
+      objective = lambda z: label_objective(logits_fn(z))  # noqa: E731
+    return projected_gradient_ascent(objective, x, key=key, eps=eps,
+                                     step_size=step_size, steps=steps,
+                                     norm=norm, init=start)
+  return pgd(logits_fn, x, y, key=key, eps=eps, step_size=step_size,
+             steps=steps, norm=norm, random_start=start == "uniform",
+             restarts=restarts, loss=loss)
+
+
+def _check_fgsm(p: dict[str, Any]) -> None:
+  checks.check_eps(p["eps"])
+  if p["step_size"] is not None:
+    checks.check_step_size(p["step_size"])
+  checks.check_choice("loss", p["loss"], tuple(LOSSES))
+  checks.check_choice("start", p["start"], ("zero", "uniform"))
+
+
+@registry.register(
+    "fgsm", defaults=dict(eps=8 / 255, step_size=None, loss="ce",
+                          start="zero"),
+    label=lambda p: "fgsm" if p["start"] == "zero" else "fgsm-rs",
+    check=_check_fgsm)
+def fgsm_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
+                key: jax.Array | None, *, eps: float,
+                step_size: float | None, loss: str, start: str) -> jax.Array:
+  """``fgsm`` by name; ``start='uniform'`` is FGSM-RS (Wong et al. 2020),
+  whose default step is ``1.25 * eps``."""
+  return fgsm(logits_fn, x, y, eps=eps, key=key,
+              random_start=start == "uniform", step_size=step_size,
+              loss=loss)

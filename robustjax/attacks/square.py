@@ -41,10 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.attacks import iterative as it
-from robustjax.attacks.pgd import (NORMS, _check_choice, _check_eps,
-                                   _check_images, _check_labels, _static_float,
-                                   _static_int)
+from robustjax.attacks import checks, iterative as it, registry
+from robustjax.attacks.checks import NORMS
 from robustjax.errors import ConfigError
 
 # Iterations after which p halves (fra31's p_selection, for 10,000 queries).
@@ -308,10 +306,10 @@ def make_step(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
 
 
 def check_args(eps, norm: str, n_queries: int, p_init: float) -> tuple:
-  eps = _check_eps(eps)
-  norm = _check_choice("norm", norm, NORMS)
-  n_queries = _static_int("n_queries", n_queries, 1)
-  p_init = _static_float("p_init", p_init)
+  eps = checks.check_eps(eps)
+  norm = checks.check_choice("norm", norm, NORMS)
+  n_queries = checks.static_int("n_queries", n_queries, 1)
+  p_init = checks.static_float("p_init", p_init)
   if not 0.0 < p_init <= 1.0:
     raise ConfigError(f"p_init={p_init} must be in (0, 1]; AutoAttack uses "
                       "0.8")
@@ -344,8 +342,8 @@ def square(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
     stayed robust) and ``robust [B]`` bool.
   """
   eps, norm, n_queries, p_init = check_args(eps, norm, n_queries, p_init)
-  x = _check_images(x)
-  y = _check_labels("y", y, x)
+  x = checks.check_images(x)
+  y = checks.check_labels("y", y, x)
   keys = it.example_keys(key, x.shape[0])
   keyed = lambda z, k: logits_fn(z)  # noqa: E731
   state = init_state(keyed, x, y, keys, eps=eps, norm=norm)
@@ -355,3 +353,41 @@ def square(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
   state = it.run_steps(step, state, 0, n_queries)
   robust = state["margin"] > 0.0
   return it.where_b(robust, x, state["x_best"]), robust
+
+
+# ---------------------------------------------------------------------------
+# The registered form (robustjax.attacks.registry): ``square``.
+
+
+def _square_stepwise(*, eps, norm, n_queries, p_init) -> registry.Stepwise:
+
+  def init(model, x, y, target, keys):
+    del target
+    return init_state(model, x, y, keys, eps=eps, norm=norm)
+
+  def step(model, x, y, target, keys):
+    del target
+    return make_step(model, x, y, keys, eps=eps, norm=norm,
+                     n_queries=n_queries, p_init=p_init)
+
+  def finish(state, x):
+    robust = state["margin"] > 0.0
+    return it.where_b(robust, x, state["x_best"]), robust
+
+  # One forward pass per query: cheap steps, so long chunks; a batch whose
+  # points are all broken stops early.
+  return registry.Stepwise(init, step, finish, n_queries, min_chunk=25,
+                           still_robust=lambda state: state["margin"] > 0.0)
+
+
+@registry.register(
+    "square", defaults=dict(eps=8 / 255, norm="linf", n_queries=5000,
+                            p_init=0.8),
+    label=lambda p: f"square{int(p['n_queries'])}",
+    check=lambda p: check_args(p["eps"], p["norm"], p["n_queries"],
+                               p["p_init"]),
+    stepwise=_square_stepwise)
+def square_attack(logits_fn, x, y, key, *, eps, norm, n_queries, p_init):
+  """``square`` by name: the Square Attack (score-based, no gradients)."""
+  return square(logits_fn, x, y, key=key, eps=eps, norm=norm,
+                n_queries=n_queries, p_init=p_init)[0]

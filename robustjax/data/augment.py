@@ -11,8 +11,13 @@ import jax.numpy as jnp
 
 
 def to_float(images: jax.Array) -> jax.Array:
-  """uint8 ``[..., H, W, C]`` in [0, 255] -> float32 in [0, 1]."""
-  return jnp.asarray(images).astype(jnp.float32) / 255.0
+  """uint8 ``[..., H, W, C]`` in [0, 255] -> float32 in [0, 1]; float
+  images (already in [0, 1], e.g. adversarial ones) pass through as
+  float32."""
+  images = jnp.asarray(images)
+  if jnp.issubdtype(images.dtype, jnp.floating):
+    return images.astype(jnp.float32)
+  return images.astype(jnp.float32) / 255.0
 
 
 def crop_flip_params(key: jax.Array, batch_size: int, pad: int

@@ -12,6 +12,7 @@ equals what ``evaluation.evaluate_corruptions`` corrupts on the fly.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -123,43 +124,109 @@ def load_cifar10_corrupted(name: str, severity: int,
   return ArraySplit(images, labels, 10, "cifar10")
 
 
-def config_enabled(cfg) -> bool:
-  """Whether a ``dataset.corruption`` config block asks for corruption."""
-  return cfg is not None and str(cfg.get("names", "none")) not in ("", "none")
+@dataclasses.dataclass(frozen=True)
+class CorruptionSpec:
+  """Which splits of a dataset are replaced by corrupted copies, and how
+  (RWS-style training on corrupted data).
+
+  names: a corruption, a list name (``rift18`` ...) or ``none``.
+  severities: the severities drawn from.
+  mode: ``single`` (one corruption at one severity) or ``random`` (each
+    image gets one of ``names`` x ``severities``).
+  seed: keys the corruptions (with each image's index).
+  splits: comma-separated subset of ``train,val,test`` to corrupt.
+  """
+  names: str = "none"
+  severities: tuple[int, ...] = (5,)
+  mode: str = "single"
+  seed: int = 0
+  splits: str = "train,test"
+
+  @property
+  def enabled(self) -> bool:
+    return str(self.names) not in ("", "none")
+
+  def validated(self) -> "CorruptionSpec":
+    """Self, or a one-line ConfigError naming the bad field."""
+    if not self.enabled:
+      return self
+    names = corruptions.resolve(str(self.names))
+    severities = tuple(int(s) for s in self.severities)
+    for s in severities:
+      corruptions.check_severity(s)
+    if self.mode not in MODES:
+      raise ConfigError(f"unknown dataset.corruption.mode {self.mode!r}; "
+                        "choose 'single' or 'random'")
+    if self.mode == "single" and (len(names) != 1 or len(severities) != 1):
+      raise ConfigError("dataset.corruption.mode='single' needs one "
+                        "corruption and one severity; use mode='random' for "
+                        "a mix")
+    for split in str(self.splits).split(","):
+      if split.strip() not in ("train", "val", "test"):
+        raise ConfigError(f"dataset.corruption.splits has {split!r}; use a "
+                          "comma-separated subset of train,val,test")
+    return self
+
+  def apply(self, split: ArraySplit, which: str) -> ArraySplit:
+    """``split`` corrupted if ``which`` (``'train'``, ``'val'`` or
+    ``'test'``) is one of ``splits``; otherwise ``split`` unchanged."""
+    wanted = [s.strip() for s in str(self.splits).split(",")]
+    if not self.enabled or which not in wanted:
+      return split
+    return corrupt_split(split, str(self.names),
+                         tuple(int(s) for s in self.severities),
+                         mode=self.mode, seed=int(self.seed))
 
 
-def validate_config(cfg) -> None:
-  """Checks a ``dataset.corruption`` block (``names``, ``severities``,
-  ``mode``, ``seed``, ``splits``) without corrupting anything."""
-  if not config_enabled(cfg):
-    return
-  names = corruptions.resolve(str(cfg.names))
-  severities = tuple(int(s) for s in cfg.get("severities", (5,)))
-  for s in severities:
-    corruptions.check_severity(s)
-  mode = cfg.get("mode", "single")
-  if mode not in MODES:
-    raise ConfigError(f"unknown dataset.corruption.mode {mode!r}; choose "
-                      "'single' or 'random'")
-  if mode == "single" and (len(names) != 1 or len(severities) != 1):
-    raise ConfigError("dataset.corruption.mode='single' needs one corruption "
-                      "and one severity; use mode='random' for a mix")
-  for split in str(cfg.get("splits", "train,test")).split(","):
-    if split.strip() not in ("train", "val", "test"):
-      raise ConfigError(f"dataset.corruption.splits has {split!r}; use a "
-                        "comma-separated subset of train,val,test")
+class CorruptedBatches:
+  """Float batches of a split, corrupted with given corruptions (or
+  ``"clean"``), for re-estimating BatchNorm statistics on corrupted data
+  (RWS's ``batch_stats='average'``; ``'recompute'`` uses the clean ones).
 
+  Image i of the split is corrupted with the key the training data of the
+  corruption models used (``data.corrupted.corruption_key``), so with
+  ``num_batches=0`` a corruption's batches are that model's training images,
+  un-augmented. Each corrupted copy is made once (uint8) and reused.
 
-def from_config(split: ArraySplit, cfg, which: str) -> ArraySplit:
-  """``split`` corrupted as the ``dataset.corruption`` block says, if that
-  block lists ``which`` (``'train'``, ``'val'`` or ``'test'``) in its
-  ``splits``; otherwise ``split`` unchanged."""
-  if not config_enabled(cfg):
-    return split
-  wanted = [s.strip() for s in str(cfg.get("splits", "train,test")).split(",")]
-  if which not in wanted:
-    return split
-  return corrupt_split(split, str(cfg.names),
-                       tuple(int(s) for s in cfg.get("severities", (5,))),
-                       mode=cfg.get("mode", "single"),
-                       seed=int(cfg.get("seed", 0)))
+  Args:
+    split: the (clean) training split, uint8 ``[N, H, W, C]``.
+    severity, seed: of the corruptions.
+    num_batches: batches per corruption; 0 = all of ``split`` (the last
+      batch may be smaller), else a fixed random subset of
+      ``num_batches * batch_size`` images.
+    batch_size: images per batch.
+  """
+
+  def __init__(self, split: ArraySplit, severity: int, seed: int,
+               num_batches: int, batch_size: int):
+    if num_batches < 0 or batch_size < 1:
+      raise ConfigError(f"bn_batches={num_batches} and bn_batch_size="
+                        f"{batch_size}: use bn_batches >= 0 (0 = one pass) "
+                        "and bn_batch_size >= 1")
+    n = len(split)
+    if num_batches:
+      rows = np.sort(np.random.default_rng([seed, 2]).permutation(n)[
+          :min(n, num_batches * batch_size)])
+    else:
+      rows = np.arange(n)
+    self.images, self.rows = split.images[rows], rows
+    self.severity, self.seed, self.batch_size = severity, seed, batch_size
+    self._copies: dict[str, np.ndarray] = {}
+
+  @property
+  def images_per_corruption(self) -> int:
+    return len(self.rows)
+
+  def __call__(self, names: list[str]):
+    """One pass over each corruption's images in turn (``"clean"``: the
+    clean images): float32 ``[B, H, W, C]`` in [0, 1]."""
+    for name in names:
+      if name == "clean":
+        self._copies[name] = self.images
+      elif name not in self._copies:
+        self._copies[name] = corrupt_images(
+            self.images, self.rows, name, self.severity, self.seed)
+      images = self._copies[name]
+      for start in range(0, len(images), self.batch_size):
+        yield images[start:start + self.batch_size].astype(
+            np.float32) / 255.0

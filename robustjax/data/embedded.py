@@ -91,7 +91,7 @@ def load_cifar10_jpeg(
   if not archive.is_file():
     raise ConfigError(
         f"CIFAR-10 JPEG archive {str(archive)!r} is missing; restore it "
-        f"(see data/README) or pass data_dir=<folder with {split}.tar.gz>")
+        f"(git checkout data/cifar10-jpeg) or pass data_dir=<folder with {split}.tar.gz>")
 
   cache_path = cache_dir / (
       f"cifar10-jpeg-{split}-v{FORMAT_VERSION}-{_sha256(archive)[:16]}.npz")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -209,19 +209,12 @@ def _prefetch(make_iter: Callable[[], Iterator], size: int = _PREFETCH
   return consume()
 
 
-def clean_float_batches(dataset_cfg: Any, batch_size: int, count: int,
+def clean_float_batches(split: ArraySplit, batch_size: int, count: int,
                         seed: int, mesh: Mesh) -> list[jax.Array]:
-  """``count`` float batches ``[B, H, W, C]`` in [0, 1] of the training split.
-
-  No augmentation: what re-estimating BatchNorm statistics on clean data
-  needs (interpolation, RWS patching). ``dataset_cfg`` holds ``name``,
-  ``source`` and optionally ``data_dir`` and ``classes`` (a class subset).
-  """
-  from robustjax.data import augment, sources  # local: sibling modules
-  train = sources.load_split(dataset_cfg.name, "train",
-                             source=dataset_cfg.source,
-                             data_dir=dataset_cfg.get("data_dir") or None)
-  train = sources.subset_from_config(train, dataset_cfg)
-  batches = TrainBatches(train, batch_size, seed, mesh)
+  """``count`` float batches ``[B, H, W, C]`` in [0, 1] of ``split`` (the
+  training order of ``TrainBatches``, no augmentation): what re-estimating
+  BatchNorm statistics on clean data needs (interpolation, RWS patching)."""
+  from robustjax.data import augment  # local: sibling module
+  batches = TrainBatches(split, batch_size, seed, mesh)
   to_float = jax.jit(augment.to_float)
   return [to_float(batches.batch(i)["image"]) for i in range(count)]

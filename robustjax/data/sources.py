@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -49,7 +49,8 @@ class ArraySplit:
   """One split of a dataset, held in host memory.
 
   Attributes:
-    images: uint8 ``[N, H, W, 3]``.
+    images: uint8 ``[N, H, W, 3]``, or float32 in [0, 1] for computed
+      images (adversarial examples); ``to_float`` handles both.
     labels: int32 ``[N]``, in ``[0, num_classes)``.
     num_classes: number of labels of the dataset.
     name: the dataset name, e.g. ``'cifar10'``.
@@ -60,8 +61,9 @@ class ArraySplit:
   name: str
 
   def __post_init__(self):
-    if self.images.dtype != np.uint8 or self.images.ndim != 4:
-      raise ValueError(f"images must be uint8 [N,H,W,C], got "
+    if self.images.dtype not in (np.uint8, np.float32) or \
+        self.images.ndim != 4:
+      raise ValueError(f"images must be uint8 or float32 [N,H,W,C], got "
                        f"{self.images.dtype} {self.images.shape}")
     if self.labels.dtype != np.int32 or self.labels.shape != self.images.shape[:1]:
       raise ValueError(f"labels must be int32 [{self.images.shape[0]}], got "
@@ -232,19 +234,41 @@ def class_subset(split: ArraySplit, classes: Sequence[int]) -> ArraySplit:
                     len(classes), split.name)
 
 
-def config_num_classes(dataset_cfg: Any) -> int:
-  """The label count a ``dataset`` config block gives models: the number of
-  ``dataset.classes`` if set, else the dataset's own (validates both)."""
-  if dataset_cfg.name not in DATASETS:
-    raise ConfigError(f"unknown dataset {dataset_cfg.name!r}; choose one of "
+def num_classes(name: str, classes: str | Sequence[int] | None = "") -> int:
+  """The label count a model of dataset ``name`` restricted to ``classes``
+  (a ``parse_classes`` selection; empty = all) has; validates both."""
+  if name not in DATASETS:
+    raise ConfigError(f"unknown dataset {name!r}; choose one of "
                       f"{', '.join(sorted(DATASETS))}")
-  total = DATASETS[dataset_cfg.name].num_classes
-  classes = parse_classes(dataset_cfg.get("classes", ""), total)
-  return total if classes is None else len(classes)
+  total = DATASETS[name].num_classes
+  chosen = parse_classes(classes, total)
+  return total if chosen is None else len(chosen)
 
 
-def subset_from_config(split: ArraySplit, dataset_cfg: Any) -> ArraySplit:
-  """``split`` restricted to ``dataset_cfg.classes`` (unchanged when that
-  key is empty or missing)."""
-  classes = parse_classes(dataset_cfg.get("classes", ""), split.num_classes)
-  return split if classes is None else class_subset(split, classes)
+def subset(split: ArraySplit, classes: str | Sequence[int] | None
+           ) -> ArraySplit:
+  """``split`` restricted to ``classes`` (a ``parse_classes`` selection),
+  relabelled ``0..K-1``; unchanged when ``classes`` is empty."""
+  chosen = parse_classes(classes, split.num_classes)
+  return split if chosen is None else class_subset(split, chosen)
+
+
+def train_val(name: str, *, source: str = "embedded",
+              data_dir: str | None = None,
+              classes: str | Sequence[int] | None = "", val_size: int = 0,
+              val_seed: int = 0) -> tuple[ArraySplit, ArraySplit | None]:
+  """A run's training split and the validation split it holds out.
+
+  The class subset is taken first and the holdout second, so the dataset
+  block a checkpoint saves (``name, source, classes, val_size, val_seed``)
+  reproduces exactly the rows its training run held out: RiFT selects on
+  them, never on rows the model trained on.
+
+  Returns:
+    ``(train, val)``: uint8 splits that together cover the (class-subset)
+    training split; ``val`` is None when ``val_size`` is 0.
+  """
+  train = subset(load_split(name, "train", source=source, data_dir=data_dir),
+                 classes)
+  return holdout_split(train, int(val_size), seed=int(val_seed))
+

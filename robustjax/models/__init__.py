@@ -9,6 +9,9 @@ Usage::
   logits, updates = model.apply(variables, x, train=True,
                                 mutable=["batch_stats"])
 
+  spec = models.model_spec("resnet18", 1.0, 10)   # saved with checkpoints
+  model = models.build_model(spec)                # the same network back
+
 Contract shared by every model:
 
 * Input ``x``: float [B, H, W, 3] in [0, 1] (NHWC), H = W = 32 or 64.
@@ -49,7 +52,8 @@ a stage from 0. Adding a model: write a factory
 
 from robustjax.models.layers import CIFAR10_MEAN, CIFAR10_STD
 from robustjax.models.registry import (COMPUTE_DTYPES, available_models,
-                                       compute_dtype, create_model, register)
+                                       build_model, compute_dtype,
+                                       create_model, model_spec, register)
 
 # Imported for their @register side effect: they fill the registry.
 from robustjax.models import resnet as _resnet  # noqa: F401,E402
@@ -63,7 +67,9 @@ __all__ = [
     "CIFAR10_STD",
     "COMPUTE_DTYPES",
     "available_models",
+    "build_model",
     "compute_dtype",
     "create_model",
+    "model_spec",
     "register",
 ]

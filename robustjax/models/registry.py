@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -61,7 +61,7 @@ def _channel_stats(value: Sequence[float], what: str) -> tuple[float, ...]:
 
 # Compute dtypes a config may name. float16 is left out on purpose: without
 # loss scaling its 5-bit exponent underflows small gradients, while bfloat16
-# keeps float32's range (see README "Mixed precision").
+# keeps float32's range (docs/design.md).
 COMPUTE_DTYPES: dict[str, Dtype] = {"float32": jnp.float32,
                                     "bfloat16": jnp.bfloat16}
 
@@ -120,3 +120,22 @@ def create_model(name: str, *, num_classes: int = 10, width: float = 1.0,
     raise ConfigError(f"model std must be > 0 per channel, got {std!r}")
   return _REGISTRY[name](int(num_classes), float(width),
                          compute_dtype(dtype), mean, std)
+
+
+def model_spec(name: str, width: float, num_classes: int) -> dict[str, Any]:
+  """What identifies a network, saved with every checkpoint:
+  ``{"name", "width", "num_classes"}``."""
+  return {"name": str(name), "width": float(width),
+          "num_classes": int(num_classes)}
+
+
+def build_model(spec: Mapping[str, Any], dtype: str | Dtype = "float32"
+                ) -> nn.Module:
+  """The network a checkpoint's ``spec`` names, computing in ``dtype``.
+
+  The compute dtype is not part of ``spec``: it does not change the
+  parameters, so a checkpoint trained in bfloat16 loads into a float32
+  model.
+  """
+  return create_model(spec["name"], num_classes=spec["num_classes"],
+                      width=spec["width"], dtype=dtype)

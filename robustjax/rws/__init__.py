@@ -3,12 +3,14 @@
   signatures  project_out, quantize, extract, patch / unpatch / scale /
               compose, reference_coefficients
   fileformat  the ``.rws`` signature file: save / load (no pickle)
-  batchnorm   patch_variables: BatchNorm kept, re-estimated on clean data,
-              or the reference's rule (BN and shortcut tensors averaged
-              over the robust models, statistics re-estimated on
-              corrupted data)
+  batchnorm   patch_variables: BatchNorm kept (``keep_a``), re-estimated
+              on clean data (``recompute``), or the reference's rule
+              (``average``: BN and shortcut tensors averaged over the
+              robust models, statistics re-estimated on corrupted data)
   analysis    depth profile, similarity matrix, storage ratio
-  task        the ``rws`` and ``rws_finetune`` tasks behind ``launch.py``
+
+The ``rws`` and ``rws_finetune`` tasks behind ``launch.py`` live in
+``robustjax/tasks/``.
 
 See docs/rws.md.
 """

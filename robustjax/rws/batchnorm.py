@@ -1,14 +1,15 @@
 """Patching whole model variables: what happens to BatchNorm.
 
 A signature changes weights; a network with BatchNorm also carries running
-statistics (``batch_stats``) measured for the old weights. Three options:
+statistics (``batch_stats``) measured for the old weights. Three of the
+modes of ``weightspace.batchnorm`` apply (``PATCH_MODES``):
 
-* ``'keep'``: leave the target's statistics and BN tensors. Zero-shot: no
+* ``'keep_a'``: leave the target's statistics and BN tensors. Zero-shot: no
   data and no robust model needed. The signature's layers may shift the
   activations the statistics describe.
 * ``'recompute'``: re-estimate the statistics for the patched weights on
-  data you pass (clean training images in the ``rws`` task), as
-  ``weightspace.interpolate.recompute_batch_stats`` does.
+  data you pass (clean training images in the ``rws`` task) with
+  ``weightspace.batchnorm.recompute_batch_stats``.
 * ``'average'``: the reference code's rule for its ResNet-50
   (VITA-Group/Robust_Weight_Signatures ``model_patching.py``, ``tools.py``):
 
@@ -22,7 +23,7 @@ statistics (``batch_stats``) measured for the old weights. Three options:
      ``batches`` (the reference: one pass of the corrupted training data of
      every corruption patched in), as the cumulative average of the
      per-batch statistics weighted by batch size (the reference's
-     ``bn_update``);
+     ``bn_update``; ``weightspace.batchnorm.recompute_batch_stats``);
   4. they are blended ``(1 - blend) * averaged + blend * re-estimated``;
      the reference blends with its ``--alpha`` when it is below 1 and
      otherwise keeps the re-estimated statistics alone (``blend=None``
@@ -34,32 +35,27 @@ statistics (``batch_stats``) measured for the old weights. Three options:
   model.
 
 The ``rws`` task uses ``'average'`` by default; ``patch_variables`` defaults
-to ``'keep'``, since averaging needs the robust models and data that a call
+to ``'keep_a'``, since averaging needs the robust models and data that a call
 with a signature alone does not have.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from robustjax.errors import ConfigError
 from robustjax.rws import signatures as sig_lib
-from robustjax.weightspace import trees
+from robustjax.weightspace import batchnorm, trees
 
-BATCH_STATS = ("keep", "recompute", "average")
 # Leaves of normalisation layers (the reference's "'bn' in key").
 BN_PATTERNS = ("re:(^|/)(bn|norm|final_bn|final_norm)[^/]*/", "re:/bn[^/]*/")
 # Leaves of projection shortcuts, conv and BN (the reference's torchvision
 # "downsample" module).
 SHORTCUT_PATTERNS = ("re:(^|/)shortcut/",)
 AVERAGED_PATTERNS = BN_PATTERNS + SHORTCUT_PATTERNS
-
-StatsFn = Callable[[Any, jax.Array], Any]
-
 
 def is_bn(path: str) -> bool:
   """Whether a params leaf path belongs to a normalisation layer."""
@@ -117,57 +113,6 @@ def average_robust(variables: dict[str, Any],
   return {"params": out_params, "batch_stats": stats}
 
 
-def reestimate_batch_stats(stats_fn: StatsFn, variables: dict[str, Any],
-                           batches: Iterable[Any]) -> Any:
-  """Running statistics re-estimated on ``batches``: the cumulative average
-  of each batch's statistics weighted by its size, ``sum_i B_i s_i /
-  sum_i B_i`` (the reference's ``bn_update``: statistics reset, then a
-  momentum of ``B / (n + B)`` per batch). The previous statistics leave no
-  trace: in training mode each layer normalises with batch statistics.
-
-  The per-batch statistics are those of the model's own training update
-  (Flax's BatchNorm: the biased variance; PyTorch's running variance uses
-  the unbiased one, larger by ``n / (n - 1)``, n = B * H * W).
-
-  Args:
-    stats_fn: ``(variables, images) -> batch_stats`` after one training-mode
-      step from ``variables`` (``weightspace.interpolate.flax_stats_fn``);
-      its update is ``m * old + (1 - m) * batch`` for some momentum m, which
-      is measured here (one extra pass from unit statistics).
-    variables: ``{"params", "batch_stats"}``.
-    batches: float image batches ``[B, H, W, C]`` in [0, 1], at least one.
-
-  Returns:
-    A ``batch_stats`` tree like ``variables["batch_stats"]`` (numpy).
-  """
-  stats_fn = jax.jit(stats_fn)
-  old = variables["batch_stats"]
-  zeros = jax.tree.map(jnp.zeros_like, old)
-  ones = jax.tree.map(jnp.ones_like, old)
-  total, count, keep = None, 0, None
-  for images in batches:
-    size = int(np.shape(images)[0])
-    # From zero statistics one step gives (1 - m) * s_batch.
-    scaled = stats_fn(dict(variables, batch_stats=zeros), images)
-    if keep is None:
-      from_ones = stats_fn(dict(variables, batch_stats=ones), images)
-      # (m + (1 - m) s) - (1 - m) s = m; averaged over the leaf against
-      # rounding.
-      keep = jax.tree.map(lambda o, z: 1.0 - jnp.mean(o - z), from_ones,
-                          scaled)
-    weighted = jax.tree.map(lambda s: np.asarray(s, np.float64) * size,
-                            scaled)
-    total = weighted if total is None else jax.tree.map(np.add, total,
-                                                         weighted)
-    count += size
-  if total is None:
-    raise ConfigError("re-estimating BatchNorm statistics needs at least "
-                      "one batch; set bn_batches to 0 (one pass) or more")
-  return jax.tree.map(
-      lambda t, k, o: (t / (count * float(k))).astype(np.asarray(o).dtype),
-      total, keep, old)
-
-
 def reference_alpha(coefficients: Sequence[float]) -> float:
   """The reference's ``--alpha`` for these linear coefficients, capped at 1.
 
@@ -183,8 +128,8 @@ def patch_variables(variables: dict[str, Any],
                     signatures: sig_lib.Signature |
                     Sequence[sig_lib.Signature],
                     coefficients: float | Sequence[float] | None = None, *,
-                    batch_stats: str = "keep",
-                    stats_fn: StatsFn | None = None,
+                    batch_stats: str = "keep_a",
+                    stats_fn: batchnorm.StatsFn | None = None,
                     batches: Iterable[Any] | None = None,
                     robust_variables: Sequence[dict[str, Any]] = (),
                     blend: float | None = None) -> dict[str, Any]:
@@ -193,9 +138,10 @@ def patch_variables(variables: dict[str, Any],
   Args:
     variables: the target model's variables.
     signatures, coefficients: as ``signatures.patch``.
-    batch_stats: ``'keep'``, ``'recompute'`` or ``'average'`` (module doc).
+    batch_stats: ``'keep_a'``, ``'recompute'`` or ``'average'`` (module
+      doc).
     stats_fn: ``(variables, images) -> batch_stats`` (e.g.
-      ``weightspace.interpolate.flax_stats_fn(model.apply)``), for
+      ``weightspace.batchnorm.flax_stats_fn(model.apply)``), for
       ``'recompute'`` and, on a model with BatchNorm, ``'average'``.
     batches: float image batches ``[B, H, W, 3]``: clean data for
       ``'recompute'``; for ``'average'`` the corrupted training data of
@@ -208,10 +154,8 @@ def patch_variables(variables: dict[str, Any],
   Returns:
     New variables; ``variables`` is not modified.
   """
-  if batch_stats not in BATCH_STATS:
-    raise ConfigError(f"batch_stats='{batch_stats}' is not one of "
-                      f"{', '.join(BATCH_STATS)}")
-  sigs = sig_lib._as_list(signatures)  # noqa: SLF001 (same package)
+  batchnorm.check_mode(batch_stats, batchnorm.PATCH_MODES, "batch_stats")
+  sigs = sig_lib.as_list(signatures)
   params = variables["params"]
   stats = variables.get("batch_stats", {})
   has_bn = bool(jax.tree.leaves(stats))
@@ -223,18 +167,17 @@ def patch_variables(variables: dict[str, Any],
     sigs = [_without_averaged(s) for s in sigs]
   out = {"params": sig_lib.patch(params, sigs, coefficients),
          "batch_stats": stats}
-  if not has_bn or batch_stats == "keep":
+  if not has_bn or batch_stats == "keep_a":
     return out
   if stats_fn is None or batches is None:
     raise ConfigError(
         f"batch_stats='{batch_stats}' on a model with BatchNorm needs "
         "stats_fn and batches to re-estimate the statistics (for 'average': "
         "the corruptions' training images)")
-  new = reestimate_batch_stats(stats_fn, out, batches)
+  new = batchnorm.recompute_batch_stats(stats_fn, out, batches)
   if batch_stats == "average":
     if blend is None:
-      blend = reference_alpha(sig_lib._coefficients(  # noqa: SLF001
-          sigs, coefficients))
+      blend = reference_alpha(sig_lib.coefficients_of(sigs, coefficients))
     if blend < 1.0:
       new = jax.tree.map(
           lambda a, b: ((1.0 - blend) * np.asarray(a, np.float64) + blend *

@@ -75,7 +75,6 @@ def save(sig: Signature, path: str) -> str:
     path += SUFFIX
   entries, chunks, offset = [], [], 0
   for name, value in sig.tensors.items():
-    count = int(value.size)
     if sig.bits is None:
       raw = np.asarray(value, "<f4").tobytes()
     else:

@@ -273,9 +273,11 @@ def check_fits(params: Any, sig: Signature, what: str = "the model") -> None:
           "architecture and width")
 
 
-def _coefficients(sigs: Sequence[Signature],
-                  coefficients: float | Sequence[float] | None
-                  ) -> list[float]:
+def coefficients_of(sigs: Sequence[Signature],
+                    coefficients: float | Sequence[float] | None
+                    ) -> list[float]:
+  """One finite coefficient per signature (None = 1 each, a number = that
+  for each); ConfigError otherwise."""
   if coefficients is None:
     coefficients = [1.0] * len(sigs)
   elif np.isscalar(coefficients):
@@ -290,7 +292,8 @@ def _coefficients(sigs: Sequence[Signature],
   return coefficients
 
 
-def _as_list(signatures: Signature | Sequence[Signature]) -> list[Signature]:
+def as_list(signatures: Signature | Sequence[Signature]) -> list[Signature]:
+  """One signature or several, as a non-empty list."""
   sigs = [signatures] if isinstance(signatures, Signature) else list(
       signatures)
   if not sigs:
@@ -304,8 +307,8 @@ def compose(signatures: Signature | Sequence[Signature],
   """``sum_i coefficients[i] * signatures[i]`` as ``{path: float32}`` over
   the union of their paths (float64 accumulation). Signatures that share
   a path must agree on its shape."""
-  sigs = _as_list(signatures)
-  coefs = _coefficients(sigs, coefficients)
+  sigs = as_list(signatures)
+  coefs = coefficients_of(sigs, coefficients)
   total: dict[str, np.ndarray] = {}
   for sig, c in zip(sigs, coefs):
     for path, v in sig.tensors.items():
@@ -333,7 +336,7 @@ def patch(params: Any, signatures: Signature | Sequence[Signature],
     ``params`` is not modified; nothing is computed if a signature does
     not fit (ConfigError naming the path).
   """
-  sigs = _as_list(signatures)
+  sigs = as_list(signatures)
   for sig in sigs:
     check_fits(params, sig)
   delta = compose(sigs, coefficients)
@@ -352,6 +355,6 @@ def unpatch(params: Any, signatures: Signature | Sequence[Signature],
             coefficients: float | Sequence[float] | None = None) -> Any:
   """Removes what ``patch`` with the same arguments added (to float
   rounding: ``patch`` rounds the sum to the leaf's dtype once)."""
-  sigs = _as_list(signatures)
-  coefs = _coefficients(sigs, coefficients)
+  sigs = as_list(signatures)
+  coefs = coefficients_of(sigs, coefficients)
   return patch(params, sigs, [-c for c in coefs])

@@ -19,27 +19,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from robustjax import checkpoint, data, evaluation, models, sharding
+from robustjax import (attacks, checkpoint, data, evaluation, models,
+                       sharding)
 from robustjax.data import corrupted
 from robustjax.errors import ConfigError
 from robustjax.metrics import MetricWriter, write_report
 from robustjax.training import objectives, optimizer, step as step_lib
-
-
-def model_spec(config: Any, num_classes: int) -> dict[str, Any]:
-  """What identifies the network: saved with every checkpoint."""
-  return {"name": config.model.name, "width": float(config.model.width),
-          "num_classes": int(num_classes)}
-
-
-def build_model(spec: dict[str, Any], dtype: str = "float32"):
-  """The network ``spec`` names, computing in ``dtype`` (parameters f32).
-
-  The compute dtype is not part of ``spec``: it does not change the
-  parameters, so a checkpoint trained in bfloat16 loads into a float32 model.
-  """
-  return models.create_model(spec["name"], num_classes=spec["num_classes"],
-                             width=spec["width"], dtype=dtype)
 
 
 def _num_steps(config: Any, steps_per_epoch: int) -> int:
@@ -51,26 +36,44 @@ def _num_steps(config: Any, steps_per_epoch: int) -> int:
   return steps
 
 
+def corruption_spec(config: Any) -> corrupted.CorruptionSpec:
+  """``config.dataset.corruption`` as a checked ``CorruptionSpec``."""
+  block = config.dataset.get("corruption")
+  if block is None:
+    return corrupted.CorruptionSpec()
+  block = dict(block)
+  block["severities"] = tuple(int(s) for s in block.get("severities", (5,)))
+  return corrupted.CorruptionSpec(**block).validated()
+
+
 def load_data(config: Any):
   """(train, validation or None, test) splits named by ``config.dataset``."""
   ds = config.dataset
   kwargs = dict(source=ds.source, data_dir=ds.get("data_dir") or None)
   # dataset.classes: only those classes, relabelled 0..K-1 (before the
   # validation holdout, so validation holds the same classes).
-  train = data.sources.subset_from_config(
-      data.load_split(ds.name, "train", **kwargs), ds)
-  test = data.sources.subset_from_config(
-      data.load_split(ds.name, "test", **kwargs), ds)
-  val = None
-  if int(ds.get("val_size", 0)) > 0:
-    train, val = data.holdout_split(train, int(ds.val_size),
-                                    seed=int(ds.get("val_seed", 0)))
+  classes = ds.get("classes", "")
+  # The same function rebuilds these splits from a checkpoint's saved
+  # dataset block (RiFT selects on exactly the rows a run held out).
+  train, val = data.train_val(ds.name, classes=classes,
+                              val_size=int(ds.get("val_size", 0)),
+                              val_seed=int(ds.get("val_seed", 0)), **kwargs)
+  test = data.subset(data.load_split(ds.name, "test", **kwargs), classes)
   # Corrupted copies (dataset.corruption, e.g. RWS's per-corruption models).
-  cc = ds.get("corruption")
-  train = corrupted.from_config(train, cc, "train")
-  val = corrupted.from_config(val, cc, "val") if val is not None else None
-  test = corrupted.from_config(test, cc, "test")
+  spec = corruption_spec(config)
+  train = spec.apply(train, "train")
+  val = spec.apply(val, "val") if val is not None else None
+  test = spec.apply(test, "test")
   return train, val, test
+
+
+def dataset_meta(dataset_cfg: Any) -> dict[str, Any]:
+  """The ``dataset`` block a checkpoint saves, with ``val_size`` and
+  ``val_seed`` always present (what ``load_data`` held out: tasks that must
+  not touch the training rows, such as RiFT's selection, read them)."""
+  return dict(dataset_cfg.to_dict(),
+              val_size=int(dataset_cfg.get("val_size", 0) or 0),
+              val_seed=int(dataset_cfg.get("val_seed", 0) or 0))
 
 
 def _check_same_model(meta: dict[str, Any], spec: dict[str, Any],
@@ -105,9 +108,11 @@ def validate(config: Any) -> None:
   if config.dataset.name not in data.DATASETS:
     data.load_split(config.dataset.name, "test",
                     source=config.dataset.source)  # raises
-  corrupted.validate_config(config.dataset.get("corruption"))
+  corruption_spec(config)
   objectives.validate(config.objective)
-  evaluation.validate_attack(config.eval.attack)
+  attacks.build(config.eval.attack)
+  if config.get("final_eval") is not None:
+    attacks.build(config.final_eval.attack)
   optimizer.make_schedule(config.optimizer, 10)
   sharding.validate_strategy(_strategy(config))
   if _fsdp_size(config) and _strategy(config) != "fsdp":
@@ -131,12 +136,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.get("num_devices") or None,
                             fsdp_size=_fsdp_size(config))
   sharding.check_batch_divisible(int(config.batch_size), mesh)
-  spec = model_spec(config, train_split.num_classes)
+  spec = models.model_spec(config.model.name, config.model.width,
+                           train_split.num_classes)
   # Mixed precision (model.dtype=bfloat16) speeds up the training step;
   # evaluation has its own dtype (float32 by default) so reported accuracies
   # are computed at full precision unless asked otherwise.
-  model = build_model(spec, config.model.get("dtype", "float32"))
-  eval_model = build_model(spec, config.eval.get("dtype", "float32"))
+  model = models.build_model(spec, config.model.get("dtype", "float32"))
+  eval_model = models.build_model(spec, config.eval.get("dtype", "float32"))
   batches = data.TrainBatches(train_split, int(config.batch_size),
                               int(config.seed), mesh)
   total_steps = _num_steps(config, batches.steps_per_epoch)
@@ -148,7 +154,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     _check_same_model(checkpoint.read_meta(workdir), spec, workdir)
 
   root_key = jax.random.key(int(config.seed))
-  # Three streams (the third is unused) so the keys of saved runs stay valid.
+  # Three streams (init, train, one reserved): the split is part of a run's
+  # definition, since every augmentation and attack draw derives from it.
   init_key, train_key, _ = jax.random.split(root_key, 3)
   image_shape = tuple(train_split.images.shape[1:])
   init = lambda k: step_lib.init_state(model, tx, k, image_shape)  # noqa: E731
@@ -179,7 +186,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   else:
     state = init_fn(init_key)
     start_step = 0
-  meta = {"model": spec, "dataset": config.dataset.to_dict(),
+  meta = {"model": spec, "dataset": dataset_meta(config.dataset),
           "objective": config.objective.to_dict(),
           "config": config.to_json_best_effort()}
 
@@ -188,7 +195,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       objective, tx, schedule, mesh,
       augment=bool(config.dataset.get("augment", True)),
       state_sharding=state_sharding)
-  eval_step = evaluation.make_eval_step(eval_model, config.eval.attack, mesh)
+  eval_attack = attacks.build(config.eval.attack)
+  eval_step = evaluation.make_eval_step(eval_model, eval_attack, mesh)
   train_key = sharding.put_replicated(train_key, mesh)
   eval_split = val_split if val_split is not None else test_split
   eval_name = "val" if val_split is not None else "test"
@@ -196,7 +204,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   def run_eval(step: int) -> dict[str, Any]:
     result = evaluation.evaluate(
         eval_model, _eval_variables(state, mesh, fsdp), eval_split, mesh,
-        attack_cfg=config.eval.attack, batch_size=int(config.eval.batch_size),
+        attack=eval_attack, batch_size=int(config.eval.batch_size),
         num_examples=int(config.eval.num_examples) or None,
         seed=int(config.seed), eval_step=eval_step)
     _say(progress, f"step {step} {eval_name}: "
@@ -241,7 +249,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   if final is not None:
     result = evaluation.evaluate(
         eval_model, _eval_variables(state, mesh, fsdp), test_split, mesh,
-        attack_cfg=final.attack,
+        attack=attacks.build(final.attack),
         batch_size=int(final.batch_size),
         num_examples=int(final.num_examples) or None, seed=int(config.seed))
     _say(None, f"final test: {evaluation.format_accuracies(result)}")

@@ -1,5 +1,10 @@
 """Training objectives: standard CE, PGD-AT, TRADES, MART and FGSM-RS.
 
+One module of about 460 lines on purpose: the registry and the five
+objectives, each a small registered function, sit together so that their
+BatchNorm passes (the subtle part of matching the references) can be
+compared side by side.
+
 Each objective has two halves, so the training step can craft adversarial
 inputs *outside* the differentiated loss (no gradient flows through the
 attack, and no backward pass of the attack is traced):
@@ -34,6 +39,19 @@ the script's clean train-mode forward pass with the updated weights
 batch. TRADES's and MART's references attack in eval mode, so the flag is
 refused for them.
 
+Objectives are registered by name (``register``), like models and attacks,
+and built with ``make_objective({"name": ..., "attack": ..., "beta": ...},
+model)``. The attack is written in the attack registry's vocabulary
+(``robustjax.attacks.build``); each objective's reference attack is:
+
+  pgd_at   {"name": "pgd"}                                (CE, uniform start)
+  trades   {"name": "pgd", "loss": "kl", "start": "normal"}
+  mart     {"name": "pgd", "start": "normal"}             (CE)
+  fgsm_rs  {"name": "fgsm", "start": "uniform"}
+
+(``reference_params`` writes them with given budgets); another attack is
+allowed, with a warning naming the difference.
+
 References (the exact details, from the authors' code):
   PGD-AT  Madry et al. 2018 / Rice et al. 2020 (train_cifar.py): CE on PGD
           examples (uniform random start).
@@ -51,21 +69,19 @@ References (the exact details, from the authors' code):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 from robustjax import attacks
 from robustjax.errors import ConfigError
 
-OBJECTIVES = ("standard", "pgd_at", "trades", "mart", "fgsm_rs")
 # BatchNorm mode of the attack: 'eval' (running statistics, never updated) or
 # 'train' (batch statistics, running statistics updated by every forward).
 ATTACK_BN = ("eval", "train")
-# The objectives whose reference scripts attack in train mode.
-TRAIN_MODE_ATTACK_OBJECTIVES = ("pgd_at", "fgsm_rs")
 
 Array = jax.Array
 BatchStats = Any
@@ -97,28 +113,129 @@ class Objective:
   after_update: Callable[..., BatchStats] | None = None
 
 
-def validate(cfg: Any) -> None:
-  """Raises ``ConfigError`` for an unknown name or out-of-range values."""
-  if cfg.name not in OBJECTIVES:
-    raise ConfigError(f"unknown objective '{cfg.name}'; choose one of: "
-                      f"{', '.join(OBJECTIVES)}")
-  if cfg.name == "standard":
-    return
-  if not 0.0 <= float(cfg.eps) <= 1.0:
-    raise ConfigError(f"objective.eps={cfg.eps} is outside [0, 1]; epsilons "
-                      "are in pixel units of [0, 1] images, e.g. 8/255")
-  if cfg.name != "fgsm_rs" and int(cfg.steps) < 1:
-    raise ConfigError(f"objective.steps={cfg.steps} must be at least 1")
-  attack_bn = cfg.get("attack_bn", "eval")
+# factory(model, attack, *, beta, attack_bn) -> Objective
+ObjectiveFactory = Callable[..., Objective]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  factory: ObjectiveFactory
+  # The reference's attack (name and the parameters that define it), or
+  # None for an objective without one.
+  reference_attack: Mapping[str, Any] | None
+  # Attack names whose reference attacks in train mode (attack_bn='train').
+  train_mode_attacks: tuple[str, ...]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register(name: str, *, reference_attack: Mapping[str, Any] | None,
+             train_mode_attacks: tuple[str, ...] = ()
+             ) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
+  """Decorator adding an objective factory to the registry under ``name``.
+
+  A factory is ``(model, attack, *, beta, attack_bn) -> Objective``:
+  ``attack`` is a built ``robustjax.attacks.Attack`` (None for an objective
+  whose ``reference_attack`` is None), ``beta`` the robust term's weight
+  where the objective has one. ``reference_attack``: the attack name and
+  defining parameters of the objective's reference (a config that differs
+  gets a warning). ``train_mode_attacks``: the attack names this objective
+  can also run with ``attack_bn='train'`` (its reference attacks in train
+  mode); empty refuses the flag.
+  """
+  def decorator(factory: ObjectiveFactory) -> ObjectiveFactory:
+    if name in _REGISTRY:
+      raise ValueError(f"objective {name!r} is registered twice")
+    _REGISTRY[name] = _Entry(factory, reference_attack, train_mode_attacks)
+    return factory
+  return decorator
+
+
+def reference_attack(name: str) -> dict[str, Any] | None:
+  """The attack name and defining parameters of objective ``name``'s
+  reference, e.g. ``{"name": "pgd", "loss": "kl", "start": "normal"}``."""
+  if name not in _REGISTRY:
+    raise ConfigError(f"unknown objective '{name}'; choose one of: "
+                      f"{', '.join(available_objectives())}")
+  ref = _REGISTRY[name].reference_attack
+  return None if ref is None else dict(ref)
+
+
+def available_objectives() -> list[str]:
+  """The registered objective names, sorted."""
+  return sorted(_REGISTRY)
+
+
+def reference_params(name: str, *, eps: float = 8 / 255,
+                     step_size: float = 2 / 255, steps: int = 10,
+                     beta: float = 6.0, attack_bn: str = "eval"
+                     ) -> dict[str, Any]:
+  """``make_objective``'s params for objective ``name`` with its reference
+  attack at these budgets (``steps`` unused by single-step attacks)."""
+  attack = reference_attack(name)
+  if attack is not None:
+    attack.update(eps=eps, step_size=step_size)
+    if attack["name"] != "fgsm":
+      attack["steps"] = steps
+  return {"name": name, "beta": beta, "attack_bn": attack_bn,
+          "attack": attack}
+
+
+def make_objective(params: Mapping[str, Any], model) -> Objective:
+  """The objective ``params`` names, for a Flax ``model``.
+
+  ``params``: ``name`` (a registered objective), ``attack`` (an attack in
+  the registry's vocabulary, e.g. ``{"name": "pgd", "eps": 8/255,
+  "step_size": 2/255, "steps": 10}``; ignored by ``standard``), ``beta``
+  (TRADES and MART) and ``attack_bn`` (``'eval'``, the default, or
+  ``'train'`` where the reference attacks in train mode; see the module
+  docstring). An ``ml_collections.ConfigDict`` works. ``model=None``
+  checks ``params`` without building anything usable.
+
+  Raises:
+    ConfigError: an unknown objective or attack, or a bad value.
+  """
+  name = str(params.get("name", ""))
+  if name not in _REGISTRY:
+    raise ConfigError(f"unknown objective '{name}'; choose one of: "
+                      f"{', '.join(available_objectives())}")
+  entry = _REGISTRY[name]
+  attack_bn = str(params.get("attack_bn", "eval"))
   if attack_bn not in ATTACK_BN:
     raise ConfigError(f"unknown objective.attack_bn '{attack_bn}'; choose "
                       f"one of: {', '.join(ATTACK_BN)}")
-  if attack_bn == "train" and cfg.name not in TRAIN_MODE_ATTACK_OBJECTIVES:
+  attack = None
+  if entry.reference_attack is not None:
+    if params.get("attack") is None:
+      raise ConfigError(f"objective '{name}' needs objective.attack, e.g. "
+                        "{name: pgd, eps: 8/255, step_size: 2/255, steps: 10}")
+    try:
+      attack = attacks.build(params["attack"])
+    except ConfigError as err:
+      raise ConfigError(f"objective.attack: {err}") from None
+    if attack.is_identity:
+      raise ConfigError(f"objective '{name}' needs an attack with steps >= 1"
+                        f" (objective.attack.steps)")
+    differs = {k: v for k, v in entry.reference_attack.items()
+               if attack.to_dict().get(k) != v}
+    if differs and model is not None:
+      logging.warning("objective %s runs attack %s; its reference's has %s",
+                      name, attack.to_dict(), differs)
+  if attack_bn == "train" and (attack is None or attack.name
+                               not in entry.train_mode_attacks):
+    allowed = [n for n, e in _REGISTRY.items() if e.train_mode_attacks]
     raise ConfigError(
-        f"objective.attack_bn='train' is for "
-        f"{' and '.join(TRAIN_MODE_ATTACK_OBJECTIVES)} (their reference "
-        f"scripts attack in train mode); {cfg.name}'s reference attacks in "
-        "eval mode, so drop the flag")
+        f"objective.attack_bn='train' is for {' and '.join(allowed)} (their "
+        f"reference scripts attack in train mode); {name}'s reference "
+        "attacks in eval mode, so drop the flag")
+  return entry.factory(model, attack, beta=float(params.get("beta", 0.0)),
+                       attack_bn=attack_bn)
+
+
+def validate(params: Mapping[str, Any]) -> None:
+  """``make_objective``'s checks alone (ConfigError for bad ``params``)."""
+  make_objective(params, None)
 
 
 def _apply(model, params, batch_stats, x, train: bool):
@@ -162,13 +279,6 @@ def _accuracy(logits: Array, y: Array) -> Array:
   return jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-def _kl_rows(p_logits: Array, q_logits: Array) -> Array:
-  """KL(softmax(p) || softmax(q)) per example, [B], computed in float32."""
-  log_p = jax.nn.log_softmax(p_logits.astype(jnp.float32))
-  log_q = jax.nn.log_softmax(q_logits.astype(jnp.float32))
-  return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-
-
 def _train_mode_linf_attack(model, params, batch_stats: BatchStats, x: Array,
                             y: Array, key: Array | None, *, eps: float,
                             step_size: float, steps: int, random_start: bool,
@@ -208,113 +318,129 @@ def _train_mode_linf_attack(model, params, batch_stats: BatchStats, x: Array,
   return jax.lax.stop_gradient(x_adv), batch_stats
 
 
-def make_objective(cfg: Any, model) -> Objective:
-  """Builds the objective named ``cfg.name`` for a Flax ``model``.
 
-  Config keys: ``name, eps, step_size, steps, beta, random_start`` (PGD-AT
-  only; TRADES and MART always start from x + 0.001 N(0, I) as their code),
-  ``attack_bn`` ('eval' by default; 'train' for PGD-AT and FGSM-RS, see the
-  module docstring).
-  """
-  validate(cfg)
-  name = cfg.name
 
-  def ce_loss(params, batch_stats, x, x_adv, y):
+# ------------------------------------------------------------- the registry
+
+
+def _ce_loss(model):
+  """CE of the adversarial batch (or the clean one for standard training),
+  one train-mode forward pass."""
+  def loss_fn(params, batch_stats, x, x_adv, y):
     inputs = x if x_adv is None else x_adv
     logits, new_stats = _apply(model, params, batch_stats, inputs, True)
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), y))
     key = "accuracy" if x_adv is None else "adv_accuracy"
     return loss, (new_stats, {"loss": loss, key: _accuracy(logits, y)})
+  return loss_fn
 
-  if name == "standard":
-    return Objective(name, None, ce_loss)
 
-  eps, steps = float(cfg.eps), int(cfg.get("steps", 1))
-  step_size = float(cfg.step_size)
-  train_bn = cfg.get("attack_bn", "eval") == "train"
+def _eval_mode_attack(model, attack: attacks.Attack):
+  """``(variables, x, y, key) -> x_adv``: ``attack`` against the model with
+  BatchNorm in inference mode."""
+  def run(variables, x, y, key):
+    return attack(lambda z: model.apply(variables, z, train=False), x, y,
+                  key)
+  return run
 
-  def eval_logits_fn(variables):
-    return lambda z: model.apply(variables, z, train=False)
 
-  if name in ("pgd_at", "fgsm_rs") and train_bn:
-    # robust_overfitting train_cifar.py (PGD): `steps` attack forwards, the
-    # restart-selection forward, and after the optimizer step a clean
-    # forward (its train accuracy) that updates the statistics last.
-    # fast_adversarial train_fgsm.py: one forward at the random start.
-    pgd = name == "pgd_at"
+def _with_train_mode_attack(model, name: str, attack: attacks.Attack,
+                            *, pgd: bool) -> Objective:
+  """PGD-AT / FGSM-RS attacking in train mode (``attack_bn='train'``).
 
-    def attack_with_stats(params, batch_stats, x, y, key):
-      return _train_mode_linf_attack(
-          model, params, batch_stats, x, y, key, eps=eps,
-          step_size=step_size, steps=steps if pgd else 1,
-          random_start=bool(cfg.get("random_start", True)) if pgd else True,
-          final_forward=pgd)
+  robust_overfitting train_cifar.py (PGD): ``steps`` attack forwards, the
+  restart-selection forward, and after the optimizer step a clean forward
+  (its train accuracy) that updates the statistics last.
+  fast_adversarial train_fgsm.py: one forward at the random start.
+  """
+  step_size = attack.get("step_size")
+  if step_size is None:  # FGSM-RS's default step
+    step_size = 1.25 * attack.eps
 
-    def train_mode_attack(variables, x, y, key):
-      return attack_with_stats(variables["params"], variables["batch_stats"],
-                               x, y, key)[0]
+  def attack_with_stats(params, batch_stats, x, y, key):
+    return _train_mode_linf_attack(
+        model, params, batch_stats, x, y, key, eps=attack.eps,
+        step_size=float(step_size), steps=int(attack.get("steps", 1)),
+        random_start=attack.get("start") == "uniform", final_forward=pgd)
 
-    def clean_forward(params, batch_stats, x):
-      return _apply(model, params, batch_stats, x, True)[1]
+  def train_mode_attack(variables, x, y, key):
+    return attack_with_stats(variables["params"], variables["batch_stats"],
+                             x, y, key)[0]
 
-    return Objective(name, train_mode_attack, ce_loss, attack_with_stats,
-                     clean_forward if pgd else None)
+  def clean_forward(params, batch_stats, x):
+    return _apply(model, params, batch_stats, x, True)[1]
 
-  if name == "pgd_at":
-    def pgd_attack(variables, x, y, key):
-      return attacks.pgd(eval_logits_fn(variables), x, y, key=key, eps=eps,
-                         step_size=step_size, steps=steps, norm="linf",
-                         random_start=bool(cfg.get("random_start", True)),
-                         loss="ce")
-    return Objective(name, pgd_attack, ce_loss)
+  return Objective(name, train_mode_attack, _ce_loss(model),
+                   attack_with_stats, clean_forward if pgd else None)
 
-  if name == "fgsm_rs":
-    def fgsm_attack(variables, x, y, key):
-      return attacks.fgsm(eval_logits_fn(variables), x, y, eps=eps, key=key,
-                          random_start=True, step_size=step_size)
-    return Objective(name, fgsm_attack, ce_loss)
 
-  beta = float(cfg.beta)
+@register("standard", reference_attack=None)
+def standard(model, attack, **_) -> Objective:
+  """Clean cross-entropy."""
+  del attack
+  return Objective("standard", None, _ce_loss(model))
 
-  if name == "trades":
-    def trades_attack(variables, x, y, key):
-      del y  # TRADES's attack is label-free: it moves away from f(x).
-      logits_fn = eval_logits_fn(variables)
-      clean_logits = jax.lax.stop_gradient(logits_fn(x))
-      return attacks.projected_gradient_ascent(
-          lambda z: _kl_rows(clean_logits, logits_fn(z)), x, key=key,
-          eps=eps, step_size=step_size, steps=steps, norm="linf",
-          init="normal", init_scale=0.001)
 
-    def trades_loss(params, batch_stats, x, x_adv, y):
-      # trades.py's three train-mode passes: natural (CE), adversarial,
-      # natural again (the KL target). The third pass's logits equal the
-      # first's, so `logits` serves both (same loss, same gradient) and only
-      # the third pass's statistics update is replayed after the second.
-      logits, stats, replay_natural = _replayable_train_forward(
-          model, params, batch_stats, x)
-      adv_logits, stats = _apply(model, params, stats, x_adv, True)
-      stats = replay_natural(stats)
-      natural = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-          logits.astype(jnp.float32), y))
-      robust = jnp.mean(_kl_rows(logits, adv_logits))
-      loss = natural + beta * robust
-      return loss, (stats, {"loss": loss, "natural_loss": natural,
-                            "robust_loss": robust,
-                            "accuracy": _accuracy(logits, y),
-                            "adv_accuracy": _accuracy(adv_logits, y)})
-    return Objective(name, trades_attack, trades_loss)
+@register("pgd_at", reference_attack=dict(name="pgd", loss="ce",
+                                            start="uniform"),
+          train_mode_attacks=("pgd",))
+def pgd_at(model, attack, *, attack_bn: str, **_) -> Objective:
+  """Madry et al. 2018: cross-entropy on adversarial examples."""
+  if attack_bn == "train":
+    if attack.get("norm") != "linf" or attack.get("loss") != "ce":
+      raise ConfigError("attack_bn='train' follows train_cifar.py's L-inf "
+                        "CE attack; set objective.attack.norm=linf, loss=ce")
+    return _with_train_mode_attack(model, "pgd_at", attack, pgd=True)
+  return Objective("pgd_at", _eval_mode_attack(model, attack),
+                   _ce_loss(model))
 
-  # MART.
-  def mart_attack(variables, x, y, key):
-    logits_fn = eval_logits_fn(variables)
-    return attacks.projected_gradient_ascent(
-        lambda z: attacks.cross_entropy(logits_fn(z), y), x, key=key,
-        eps=eps, step_size=step_size, steps=steps, norm="linf",
-        init="normal", init_scale=0.001)
 
-  def mart_loss(params, batch_stats, x, x_adv, y):
+@register("fgsm_rs", reference_attack=dict(name="fgsm", start="uniform"),
+          train_mode_attacks=("fgsm",))
+def fgsm_rs(model, attack, *, attack_bn: str, **_) -> Objective:
+  """Wong et al. 2020: cross-entropy on FGSM-RS examples."""
+  if attack_bn == "train":
+    if attack.get("start") != "uniform":
+      raise ConfigError("attack_bn='train' follows train_fgsm.py's random "
+                        "start; set objective.attack.start=uniform")
+    return _with_train_mode_attack(model, "fgsm_rs", attack, pgd=False)
+  return Objective("fgsm_rs", _eval_mode_attack(model, attack),
+                   _ce_loss(model))
+
+
+@register("trades", reference_attack=dict(name="pgd", loss="kl",
+                                            start="normal"))
+def trades(model, attack, *, beta: float, **_) -> Objective:
+  """Zhang et al. 2019 (trades.py): CE(f(x), y) + beta KL(f(x) || f(x'))."""
+
+  def loss_fn(params, batch_stats, x, x_adv, y):
+    # trades.py's three train-mode passes: natural (CE), adversarial,
+    # natural again (the KL target). The third pass's logits equal the
+    # first's, so `logits` serves both (same loss, same gradient) and only
+    # the third pass's statistics update is replayed after the second.
+    logits, stats, replay_natural = _replayable_train_forward(
+        model, params, batch_stats, x)
+    adv_logits, stats = _apply(model, params, stats, x_adv, True)
+    stats = replay_natural(stats)
+    natural = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), y))
+    robust = jnp.mean(attacks.kl_divergence(logits, adv_logits))
+    loss = natural + beta * robust
+    return loss, (stats, {"loss": loss, "natural_loss": natural,
+                          "robust_loss": robust,
+                          "accuracy": _accuracy(logits, y),
+                          "adv_accuracy": _accuracy(adv_logits, y)})
+  return Objective("trades", _eval_mode_attack(model, attack), loss_fn)
+
+
+@register("mart", reference_attack=dict(name="pgd", loss="ce",
+                                          start="normal"))
+def mart(model, attack, *, beta: float, **_) -> Objective:
+  """Wang et al. 2020 (mart.py): boosted CE on x' + beta KL weighted by
+  1 - p_y(x)."""
+
+  def loss_fn(params, batch_stats, x, x_adv, y):
     logits, stats = _apply(model, params, batch_stats, x, True)
     adv_logits, stats = _apply(model, params, stats, x_adv, True)
     logits, adv_logits = logits.astype(jnp.float32), adv_logits.astype(
@@ -338,4 +464,4 @@ def make_objective(cfg: Any, model) -> Objective:
                           "robust_loss": robust,
                           "accuracy": _accuracy(logits, y),
                           "adv_accuracy": _accuracy(adv_logits, y)})
-  return Objective(name, mart_attack, mart_loss)
+  return Objective("mart", _eval_mode_attack(model, attack), loss_fn)

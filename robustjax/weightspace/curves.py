@@ -20,36 +20,35 @@ import jax
 import numpy as np
 
 from robustjax import data, evaluation, sharding
+from robustjax.attacks import Attack
 from robustjax.errors import ConfigError
+from robustjax.weightspace import batchnorm
 from robustjax.weightspace import interpolate as interp
 
 EvalFn = Callable[[Any], dict[str, float]]
 
 
-def make_evaluator(model, split: data.ArraySplit, mesh, *, attack_cfg: Any,
+def make_evaluator(model, split: data.ArraySplit, mesh, *, attack: Attack,
                    batch_size: int, num_examples: int | None = None,
                    seed: int = 0, ood_fn: EvalFn | None = None) -> EvalFn:
   """``eval_fn(variables) -> metrics`` for ``interpolation_curve``.
 
-  Metrics: ``clean_acc``, ``clean_loss`` (mean CE) and, when
-  ``attack_cfg.steps > 0``, ``adv_acc`` and ``adv_loss`` (CE at the PGD
-  point); accuracies are fractions. ``ood_fn(variables)``, when given, adds
-  its own keys (e.g. ``ood_acc`` from ``evaluation.evaluate_corruptions``).
-  The step compiles once and is reused for every point of the curve.
+  Metrics: ``clean_acc``, ``clean_loss`` (mean CE) and, unless ``attack``
+  is ``none``, ``adv_acc`` and ``adv_loss`` (CE at the attacked point);
+  accuracies are fractions. ``ood_fn(variables)``, when given, adds its own
+  keys (e.g. ``ood_acc`` from ``evaluation.evaluate_corruptions``). The
+  step compiles once and is reused for every point of the curve.
   """
-  evaluation.validate_attack(attack_cfg)
-  step = evaluation.make_eval_step(model, attack_cfg, mesh)
-  kinds = ("clean", "adv") if int(attack_cfg.steps) > 0 else ("clean",)
-  key = sharding.put_replicated(jax.random.key(seed), mesh)
+  step = evaluation.make_eval_step(model, attack, mesh)
+  kinds = ("clean",) if attack.is_identity else ("clean", "adv")
+  key = jax.random.key(seed)
 
   def eval_fn(variables):
     variables = sharding.put_replicated(variables, mesh)
-    totals: dict[str, float] = {}
-    for batch in data.eval_batches(split, batch_size, mesh,
-                                   num_examples=num_examples):
-      for name, value in step(variables, batch, key).items():
-        totals[name] = totals.get(name, 0.0) + float(value)
-    count = max(totals.pop("count"), 1.0)
+    totals = data.sum_batches(step, variables, split, mesh,
+                              batch_size=batch_size,
+                              num_examples=num_examples, key=key)
+    count = max(totals["count"], 1.0)
     out = {"num_examples": int(count)}
     for kind in kinds:
       out[f"{kind}_acc"] = totals[kind] / count
@@ -66,7 +65,7 @@ def interpolation_curve(
     alphas: Sequence[float], *,
     alpha_fn: Callable[[float], interp.AlphaSpec] | None = None,
     batch_stats: str = "interpolate",
-    stats_fn: interp.StatsFn | None = None,
+    stats_fn: batchnorm.StatsFn | None = None,
     bn_batches: Callable[[], Iterable[jax.Array]] | None = None,
     order: Sequence[str] | None = None, allow_extrapolation: bool = False,
     log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:

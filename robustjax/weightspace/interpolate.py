@@ -15,25 +15,25 @@ Leaves that are not floating point (step counters, integer buffers) are not
 interpolated: they are taken from A, from B, or from the nearer endpoint.
 BatchNorm running statistics (the ``batch_stats`` collection) can be
 interpolated like weights, kept from one endpoint, or re-estimated on data
-for the interpolated weights (``recompute_batch_stats``), which is what
-git-re-basin does for its ResNet-50 and what fixes the accuracy collapse
-interpolated BN networks often show.
+for the interpolated weights (``batchnorm.recompute_batch_stats``), which is
+what git-re-basin does for its ResNet-50 and what fixes the accuracy
+collapse interpolated BN networks often show; the modes are those of
+``batchnorm.INTERPOLATION_MODES``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from robustjax.errors import ConfigError
-from robustjax.weightspace import trees
+from robustjax.weightspace import batchnorm, trees
 
 AlphaSpec = float | Mapping[str, float] | Sequence[float]
 NON_FLOAT = ("a", "b", "nearest")
-BATCH_STATS = ("interpolate", "a", "b", "recompute")
 
 
 def check_alpha(value: float, allow_extrapolation: bool = False) -> float:
@@ -139,79 +139,23 @@ def interpolate(a: Any, b: Any, alpha: AlphaSpec, *,
   return trees.unflatten(out)
 
 
-StatsFn = Callable[[Any, jax.Array], Any]
-
-
-def flax_stats_fn(apply_fn: Callable[..., Any]) -> StatsFn:
-  """``(variables, images) -> batch_stats`` after one training-mode forward
-  pass of a Flax Linen ``apply`` (e.g. ``model.apply``) on float images
-  ``[B, H, W, 3]`` in [0, 1]."""
-  def stats(variables, images):
-    _, updates = apply_fn(variables, images, train=True,
-                          mutable=["batch_stats"])
-    return updates["batch_stats"]
-  return stats
-
-
-def recompute_batch_stats(stats_fn: StatsFn, variables: Any,
-                          batches: Iterable[jax.Array]) -> Any:
-  """BatchNorm running statistics re-estimated as the plain average of the
-  per-batch statistics over ``batches`` (PyTorch's ``bn_update``; no decay,
-  so the old statistics leave no trace).
-
-  Works for any BatchNorm whose training update is an exponential moving
-  average ``new = m * old + (1 - m) * batch_stat`` (Flax, PyTorch), without
-  knowing ``m``: each batch runs from zero statistics, giving
-  ``(1 - m) * batch_stat``, and one extra pass from ones measures ``m``.
-  The forward pass normalises with batch statistics in training mode, so
-  the starting statistics do not change what each layer sees.
-
-  Args:
-    stats_fn: ``(variables, images) -> batch_stats`` (see ``flax_stats_fn``).
-    variables: ``{"params", "batch_stats"}``.
-    batches: float image batches ``[B, H, W, 3]`` (at least one).
-
-  Returns:
-    A ``batch_stats`` tree like ``variables["batch_stats"]``.
-  """
-  stats_fn = jax.jit(stats_fn)
-  old = variables["batch_stats"]
-  zeros = jax.tree.map(jnp.zeros_like, old)
-  ones = jax.tree.map(jnp.ones_like, old)
-  total, count, keep = None, 0, None
-  for images in batches:
-    scaled = stats_fn(dict(variables, batch_stats=zeros), images)
-    if keep is None:
-      from_ones = stats_fn(dict(variables, batch_stats=ones), images)
-      # (m + (1-m) s) - (1-m) s = m; averaged over the leaf against rounding.
-      keep = jax.tree.map(lambda o, z: 1.0 - jnp.mean(o - z), from_ones,
-                          scaled)
-    total = scaled if total is None else jax.tree.map(jnp.add, total, scaled)
-    count += 1
-  if total is None:
-    raise ConfigError("recompute_batch_stats needs at least one batch; set "
-                      "bn_batches > 0")
-  return jax.tree.map(lambda t, k, o: (t / (count * k)).astype(o.dtype),
-                      total, keep, old)
-
-
 def interpolate_variables(va: Mapping[str, Any], vb: Mapping[str, Any],
                           alpha: AlphaSpec, *, batch_stats: str = "interpolate",
-                          stats_fn: StatsFn | None = None,
+                          stats_fn: batchnorm.StatsFn | None = None,
                           batches: Iterable[jax.Array] | None = None,
                           order: Sequence[str] | None = None,
                           non_float: str = "a",
                           allow_extrapolation: bool = False) -> dict[str, Any]:
   """Interpolates model variables ``{"params", "batch_stats"}``.
 
-  ``batch_stats``: ``'interpolate'`` (lerp the running statistics with the
-  same alphas as the weights), ``'a'``/``'b'`` (keep one endpoint's), or
-  ``'recompute'`` (re-estimate them for the interpolated weights on
-  ``batches`` with ``stats_fn``; see ``recompute_batch_stats``).
+  ``batch_stats`` (``batchnorm.INTERPOLATION_MODES``): ``'interpolate'``
+  (lerp the running statistics with the same alphas as the weights),
+  ``'keep_a'``/``'keep_b'`` (keep one endpoint's), or ``'recompute'``
+  (re-estimate them for the interpolated weights on ``batches`` with
+  ``stats_fn``; see ``batchnorm.recompute_batch_stats``).
   """
-  if batch_stats not in BATCH_STATS:
-    raise ConfigError(f"batch_stats='{batch_stats}' is not one of "
-                      f"{BATCH_STATS}")
+  batchnorm.check_mode(batch_stats, batchnorm.INTERPOLATION_MODES,
+                       "batch_stats")
   sa, sb = va.get("batch_stats", {}), vb.get("batch_stats", {})
   if order is None:
     # One depth scale for both collections, so a BatchNorm layer gets the
@@ -224,14 +168,15 @@ def interpolate_variables(va: Mapping[str, Any], vb: Mapping[str, Any],
   trees.check_compatible(sa, sb, "the BatchNorm statistics")
   if not jax.tree.leaves(sa):
     out["batch_stats"] = sa
-  elif batch_stats == "a":
+  elif batch_stats == "keep_a":
     out["batch_stats"] = sa
-  elif batch_stats == "b":
+  elif batch_stats == "keep_b":
     out["batch_stats"] = sb
   else:
     out["batch_stats"] = interpolate(sa, sb, alpha, **kw)
     if batch_stats == "recompute":
       if stats_fn is None or batches is None:
         raise ConfigError("batch_stats='recompute' needs stats_fn and batches")
-      out["batch_stats"] = recompute_batch_stats(stats_fn, out, batches)
+      out["batch_stats"] = batchnorm.recompute_batch_stats(stats_fn, out,
+                                                           batches)
   return out

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 
 from robustjax import checkpoint
 from robustjax.errors import ConfigError
+from robustjax.weightspace import batchnorm
 from robustjax.weightspace import interpolate as interp
 from robustjax.weightspace import trees
 
@@ -131,24 +132,24 @@ def interpolate_checkpoints(path_a: str, path_b: str, out_workdir: str,
                             chunk_bytes: int = 64 << 20) -> str:
   """``(1 - alpha) * A + alpha * B`` of two checkpoints, leaf by leaf.
 
-  ``batch_stats``: ``'interpolate'``, ``'a'`` or ``'b'`` (re-estimating
-  them needs the model and data: load the output and use
-  ``interpolate.recompute_batch_stats``). The step counter is A's.
+  ``batch_stats``: ``'interpolate'``, ``'keep_a'`` or ``'keep_b'``
+  (``batchnorm.MODES``; re-estimating them needs the model and data: load
+  the output and use ``batchnorm.recompute_batch_stats``). The step counter
+  is A's.
   Returns the output step folder.
   """
   alpha = interp.check_alpha(alpha, allow_extrapolation)
-  if batch_stats not in ("interpolate", "a", "b"):
-    raise ConfigError(f"streaming batch_stats='{batch_stats}' is not one of "
-                      "interpolate, a, b")
+  batchnorm.check_mode(batch_stats, ("interpolate", "keep_a", "keep_b"),
+                       "batch_stats")
   t = jnp.float32(alpha)
 
   def mix(path: str, leaves: list[jax.Array]) -> jax.Array:
     a, b = leaves
     is_stats = path.startswith("batch_stats/")
     if not jnp.issubdtype(a.dtype, jnp.floating) or (
-        is_stats and batch_stats == "a"):
+        is_stats and batch_stats == "keep_a"):
       return a
-    if is_stats and batch_stats == "b":
+    if is_stats and batch_stats == "keep_b":
       return b
     return interp.lerp_leaf(a, b, t)
 

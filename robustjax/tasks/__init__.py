@@ -1,0 +1,62 @@
+"""The tasks ``launch.py`` runs, by ``config.task``: one module each.
+
+==============  ===========================================================
+``train``       train and evaluate a model (``training.train_and_evaluate``)
+``evaluate``    clean, attacked and corrupted accuracy of a checkpoint
+``autoattack``  the AutoAttack cascade on a checkpoint
+``interpolate`` the path between two checkpoints: curve, loss barriers
+``rift``        RiFT fine-tuning of a robust checkpoint
+``rws_finetune`` fine-tune from a shared start (theta_pre) for RWS
+``rws``         extract, patch and analyse robust weight signatures
+==============  ===========================================================
+
+Each module has ``run(config, workdir) -> report``: it validates the
+config (nothing is written before that passes), calls the library with
+plain arguments, writes ``WORKDIR/report.json`` and returns the report.
+``common.py`` holds what the checkpoint-reading tasks share. A task defined
+elsewhere joins with ``@register("name")``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any, Callable
+
+from robustjax.errors import ConfigError
+
+TaskFn = Callable[[Any, str], dict[str, Any]]
+_REGISTERED: dict[str, TaskFn] = {}
+# Modules of this package that are not tasks.
+_HELPERS = ("common",)
+
+
+def register(name: str) -> Callable[[TaskFn], TaskFn]:
+  """Decorator making ``fn(config, workdir) -> report`` the task ``name``."""
+  def wrap(fn: TaskFn) -> TaskFn:
+    _REGISTERED[name] = fn
+    return fn
+  return wrap
+
+
+def available_tasks() -> list[str]:
+  """The built-in task modules and the registered tasks, sorted."""
+  builtin = [m.name for m in pkgutil.iter_modules(__path__)
+             if m.name not in _HELPERS]
+  return sorted(set(builtin) | set(_REGISTERED))
+
+
+def get(name: str) -> TaskFn:
+  """The ``run`` function of task ``name`` (imports its module on use, so
+  one task does not pay for another's imports)."""
+  if name in _REGISTERED:
+    return _REGISTERED[name]
+  if name not in available_tasks():
+    raise ConfigError(f"unknown task '{name}'; choose one of: "
+                      f"{', '.join(available_tasks())}")
+  return importlib.import_module(f"{__name__}.{name}").run
+
+
+def run(config: Any, workdir: str) -> dict[str, Any]:
+  """Runs ``config.task`` (default ``train``) in ``workdir``."""
+  return get(str(config.get("task", "train")))(config, workdir)
