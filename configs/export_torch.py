@@ -1,8 +1,8 @@
 r"""Export a robustjax checkpoint as a PyTorch state_dict.
 
   python launch.py --config=configs/export_torch.py \
-      --config.checkpoint_path=workdirs/rift --config.output=workdirs/rift/model.pt \
-      --workdir=workdirs/rift_export
+      --config.checkpoint_path=workdirs/rift \
+      --config.output=workdirs/rift/model.pt --workdir=workdirs/rift_export
 
 Writes ``output`` (``.pt``/``.pth`` with torch.save, ``.safetensors`` with
 the safetensors package), a state_dict that the matching PyTorch class

@@ -1,10 +1,12 @@
 r"""Import a PyTorch / RobustBench checkpoint into a robustjax workdir.
 
-  python launch.py --config=configs/import_torch.py:robustbench=Gowal2020Uncovering_70_16,verify=1000 \
-      --config.file=models/cifar10/Linf/Gowal2020Uncovering_70_16.pt --workdir=workdirs/gowal70
+  python launch.py \
+      --config=configs/import_torch.py:robustbench=Wang2023Better_WRN-28-10,verify=1000 \
+      --config.file=models/cifar10/Linf/Wang2023Better_WRN-28-10.pt \
+      --workdir=workdirs/wang28
 
   python launch.py --config=configs/import_torch.py:arch=wide_resnet \
-      --config.file=my_wrn.pt --config.options.depth=34 --workdir=workdirs/my_wrn
+      --config.file=my_wrn.pt --workdir=workdirs/my_wrn
 
 ``robustbench=NAME`` takes the architecture and options from the table of
 supported RobustBench models (docs/interop.md), under ``dataset=`` (cifar10,

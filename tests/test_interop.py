@@ -14,6 +14,9 @@ controls show that the padding, activation and shortcut options matter.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import os
 import pathlib
 
 import jax
@@ -326,6 +329,160 @@ def test_every_table_entry_builds_with_its_options():
         mean=opts.pop("mean", arch.mean), std=opts.pop("std", arch.std),
         **arch.fixed, **{k: opts.get(k, v) for k, v in arch.free.items()})
     assert models.build_model(spec) is not None, e.name
+
+
+def _zoo_facts(path: str) -> dict[tuple[str, str], dict | None]:
+  """What RobustBench's model zoo file says of each entry, read from its
+  source (importing it would need timm): ``{(threat, name): facts}`` with
+  facts the architecture and options robustjax would use, or None for a
+  class robustjax does not compute."""
+  src = pathlib.Path(path).read_text()
+  tree = ast.parse(src)
+  classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+  text = lambda node: ast.get_source_segment(src, node)  # noqa: E731
+
+  def call_facts(func: str, args: dict) -> dict | None:
+    if func == "WideResNet":
+      return dict(arch="wide_resnet", depth=args.get("depth", 28),
+                  widen=args.get("widen_factor", 10),
+                  num_classes=args.get("num_classes", 10),
+                  sub_block1=bool(args.get("sub_block1", False)))
+    if func in ("DMWideResNet", "DMPreActResNet"):
+      act = {"Swish": "swish", "nn.SiLU": "silu"}[args["activation_fn"]]
+      facts = dict(num_classes=args["num_classes"], activation=act,
+                   dm_stats=args["mean"])
+      if func == "DMPreActResNet":
+        return dict(facts, arch="dm_preact_resnet18") if args[
+            "depth"] == 18 else None
+      return dict(facts, arch="dm_wide_resnet", depth=args["depth"],
+                  widen=args["width"])
+    if func in ("ResNet18", "ResNet") and args.get(
+        "block", "BasicBlock") == "BasicBlock" and args.get(
+            "num_blocks", [2, 2, 2, 2]) == [2, 2, 2, 2]:
+      return dict(arch="resnet18", num_classes=args.get("num_classes", 10))
+    if func == "PreActResNet" and args["num_blocks"] == [2, 2, 2, 2]:
+      v2 = args["block"] == "PreActBlockV2" or args.get("out_shortcut")
+      if bool(v2) != bool(args.get("bn_before_fc", False)):
+        return None
+      return dict(arch="preact_resnet18_v2" if v2 else "preact_resnet18",
+                  num_classes=args.get("num_classes", 10))
+    return None
+
+  def value(node, scope: dict):
+    if isinstance(node, ast.Name) and node.id in scope:
+      return scope[node.id]
+    try:
+      return ast.literal_eval(node)
+    except ValueError:
+      return text(node)
+
+  def positional(func: str) -> list[str]:
+    return {"WideResNet": ["depth", "num_classes", "widen_factor"],
+            "ResNet": ["block", "num_blocks"],
+            "PreActResNet": ["block", "num_blocks"]}.get(func, [])
+
+  def args_of(call: ast.Call, scope: dict) -> dict:
+    func = text(call.func).split(".")[-1]
+    out = {k: value(a, scope) for k, a in zip(positional(func), call.args)}
+    out.update({k.arg: value(k.value, scope) for k in call.keywords})
+    return out
+
+  def class_facts(name: str) -> dict | None:
+    if name == "ResNet18":
+      return call_facts("ResNet18", {})
+    node = classes.get(name)
+    if node is None:
+      return None
+    init = next(f for f in node.body if isinstance(f, ast.FunctionDef)
+                and f.name == "__init__")
+    params = [a.arg for a in init.args.args[1:]]
+    defaults = [ast.literal_eval(d) for d in init.args.defaults]
+    scope = dict(zip(params[len(params) - len(defaults):], defaults))
+    sup = next(c for c in ast.walk(init) if isinstance(c, ast.Call)
+               and text(c.func).endswith("__init__"))
+    base = text(node.bases[0])
+    facts = call_facts(base, dict(zip(positional(base), [
+        value(a, scope) for a in sup.args]), **{
+            k.arg: value(k.value, scope) for k in sup.keywords}))
+    if facts is None:
+      return None
+    forward = text(next(f for f in node.body if isinstance(f, ast.FunctionDef)
+                        and f.name == "forward"))
+    buffers = {}
+    for c in ast.walk(init):
+      if isinstance(c, ast.Call) and text(c.func) == "self.register_buffer":
+        tensor = next(t for t in ast.walk(c.args[1])
+                      if isinstance(t, ast.Call) and text(t.func) ==
+                      "torch.tensor")
+        # The zoo writes these as list literals or ``[0.5] * 3``: plain
+        # arithmetic on literals from the pinned package's source.
+        buffers[c.args[0].value] = tuple(eval(text(tensor.args[0])))
+    if buffers:
+      return dict(facts, mean=buffers["mu"], std=buffers["sigma"],
+                  buffers=True)
+    if "2. * x - 1." in forward:
+      return dict(facts, mean=(0.5,) * 3, std=(0.5,) * 3, buffers=False)
+    return None if "std(" in forward else facts
+
+  out = {}
+  for node in tree.body:
+    if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+            and text(node.value.func) == "OrderedDict"):
+      continue
+    threat = {"linf": "Linf", "l2": "L2",
+              "common_corruptions": "corruptions"}.get(node.targets[0].id)
+    if threat is None or not isinstance(node.value.args[0], ast.List):
+      continue
+    for item in node.value.args[0].elts:
+      name, entry = item.elts[0].value, item.elts[1]
+      model = dict(zip([k.value for k in entry.keys], entry.values))["model"]
+      if isinstance(model, ast.Lambda) and isinstance(model.body, ast.Call):
+        func = text(model.body.func).split(".")[-1]
+        facts = call_facts(func, args_of(model.body, {
+            "CIFAR10_MEAN": "C10", "CIFAR100_MEAN": "C100"}))
+      elif isinstance(model, ast.Name):
+        facts = class_facts(model.id)
+      else:
+        facts = None
+      out[(threat, name)] = facts
+  return out
+
+
+def test_table_agrees_with_the_robustbench_zoo_source():
+  """Every zoo entry robustjax computes is in the table, with the class's
+  architecture, depth, widen, activation, class count, sub_block1 and
+  normalisation; nothing else is."""
+  spec = importlib.util.find_spec("robustbench")
+  if spec is None:
+    pytest.skip("robustbench==1.1.1 is a test dependency")
+  zoo = os.path.join(spec.submodule_search_locations[0], "model_zoo")
+  table = {(e.dataset, e.threat, e.name): e for e in robustbench.ENTRIES}
+  seen = set()
+  for dataset in robustbench.DATASETS:
+    for (threat, name), facts in _zoo_facts(
+        os.path.join(zoo, f"{dataset}.py")).items():
+      key = (dataset, threat, name)
+      if facts is None:
+        assert key not in table, key
+        continue
+      seen.add(key)
+      e = table[key]
+      assert e.arch == facts["arch"], key
+      for option in ("depth", "widen", "activation"):
+        assert e.options.get(option) == facts.get(option), (key, option)
+      assert e.options.get("num_classes", 10) == facts["num_classes"], key
+      assert e.sub_block1 == facts.get("sub_block1", False), key
+      if "dm_stats" in facts:  # DeepMind: constructor mean/std
+        want = robustbench.C100DM if facts["dm_stats"] == "C100" else None
+        assert (e.mean, e.std) == (want or (None, None)), key
+      elif "mean" in facts:
+        np.testing.assert_allclose(e.mean, facts["mean"], err_msg=str(key))
+        np.testing.assert_allclose(e.std, facts["std"], err_msg=str(key))
+        assert e.buffers == facts["buffers"], key
+      else:
+        assert e.mean is None and not e.buffers, key
+  assert seen == set(table)
+  assert robustbench.counts()[("cifar10", "Linf")] == 58
 
 
 def test_table_lookup_and_unknown_names():
