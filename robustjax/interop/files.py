@@ -20,7 +20,6 @@ import numpy as np
 from robustjax.errors import ConfigError
 from robustjax.interop.convert import to_numpy
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
 # Where a checkpoint dict keeps its weights, looked up in this order.
 WEIGHT_KEYS = ("state_dict", "last", "model_state_dict")
