@@ -522,10 +522,10 @@ def test_vit_forward_same_weights_at_32_and_64_pixels():
 # --- model options and saved specs -------------------------------------------
 
 
-# Logits of specs as checkpoints save them without options (name, width,
-# num_classes), computed by the code before the model options existed:
+# Reference logits of specs holding only name, width and num_classes:
 # (first three logits of image 0, sum of |logits|) for init key 0 and
-# uniform images from numpy's default_rng(0).
+# uniform images from numpy's default_rng(0). A change to the network such
+# a spec builds (a default, a padding, an initialiser) changes them.
 SAVED_SPEC_LOGITS = {
     ("resnet18", 0.25): ([-1.6891318559646606, 1.2606401443481445,
                           -1.756831407546997], 19.265247344970703),

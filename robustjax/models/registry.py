@@ -15,9 +15,8 @@ Each model module decorates its factories, e.g.::
 every model module, so the registry is complete by the time anyone asks.
 
 The model spec saved with every checkpoint (``model_spec``) holds the name,
-width, class count, input mean/std and every option of the model. A spec
-missing a key means that key's default (the CIFAR-10 mean/std, the option
-defaults), which is the network such a spec has always built.
+width, class count, input mean/std and every option of the model. A key a
+spec lacks takes its default (the CIFAR-10 mean/std, the option defaults).
 """
 
 from __future__ import annotations
@@ -215,8 +214,8 @@ def model_spec(name: str, width: float, num_classes: int, *,
 def full_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
   """``spec`` with every missing key at its default: the spec that
   ``model_spec`` writes for the same network. Two specs name the same
-  network exactly when their full specs are equal; a spec saved with fewer
-  keys (only name, width and num_classes) builds what it always built."""
+  network exactly when their full specs are equal; a spec holding only
+  name, width and num_classes builds the defaults' network."""
   options = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
   return model_spec(spec["name"], spec["width"], spec["num_classes"],
                     mean=spec.get("mean", CIFAR10_MEAN),
