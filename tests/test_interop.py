@@ -241,6 +241,34 @@ def test_spec_records_the_options(rb):
   assert spec["mean"] == list(models.CIFAR10_MEAN)
 
 
+def test_a_model_trained_here_exports_to_its_pytorch_class(rb):
+  """robustjax's default preact_resnet18 (CIFAR-10 normalisation inside) is
+  PreActBlockV2 with a final BN; its export carries the normalisation as
+  mu/sigma buffers and loads strictly into that class with buffers."""
+  spec = models.model_spec("preact_resnet18", 1.0, 10)
+  model = models.build_model(spec)
+  x, _ = _data(10, n=2)
+  variables = jax.jit(lambda: model.init(jax.random.key(0), x,
+                                         train=False))()
+  exported = convert.to_torch(variables, spec)
+  assert exported["mu"].shape == (1, 3, 1, 1)
+  res = rb["resnet"]
+  torch_model = _with_buffers(res.PreActResNet, (0.0,) * 3, (1.0,) * 3)(
+      res.PreActBlockV2, [2, 2, 2, 2], bn_before_fc=True)
+  torch_model.load_state_dict(exported, strict=True)
+  with torch.no_grad():
+    theirs = torch_model.eval()(torch.from_numpy(
+        np.transpose(x, (0, 3, 1, 2)).copy())).numpy()
+  assert _rel(_jax_logits(spec, variables, x), theirs) <= LOGIT_RTOL
+  with pytest.raises(ConfigError, match="width 0.25 has no PyTorch class"):
+    convert.to_torch(variables, models.model_spec("preact_resnet18", 0.25,
+                                                  10))
+  with pytest.raises(ConfigError, match="export it as preact_resnet18_v2"):
+    convert.to_torch(variables, spec, arch="preact_resnet18")
+  with pytest.raises(ConfigError, match="no supported PyTorch class"):
+    convert.to_torch(variables, dict(spec, activation="silu"))
+
+
 # --- state_dict handling and bad input --------------------------------------
 
 
