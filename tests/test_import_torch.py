@@ -132,6 +132,29 @@ def test_export_loads_strictly_and_gives_the_same_outputs(torch_wrn,
     assert torch.equal(fresh.eval()(x), model(x))
 
 
+def test_import_by_robustbench_name(tmp_path):
+  """A RobustBench name gives the class and its options: DeepMind's
+  pre-activation ResNet-18 with Swish, CIFAR-100 statistics inside."""
+  from robustbench_reference import architecture_file, randomise
+  dm = architecture_file("dm_wide_resnet")
+  torch.manual_seed(0)
+  model = dm.DMPreActResNet(num_classes=100, depth=18, width=0,
+                            activation_fn=dm.Swish, mean=dm.CIFAR100_MEAN,
+                            std=dm.CIFAR100_STD)
+  randomise(model, seed=1)
+  path = tmp_path / "r18.pt"
+  torch.save(model.state_dict(), str(path))
+  config = import_config.get_config(
+      "robustbench=Rebuffi2021Fixing_R18_ddpm,dataset=cifar100")
+  config.file = str(path)
+  report = tasks.get("import_torch")(config, str(tmp_path / "w"))
+  spec = checkpoint.load(str(tmp_path / "w"))["meta"]["model"]
+  assert report["arch"] == "dm_preact_resnet18"
+  assert (spec["num_classes"], spec["activation"], spec["shortcut"],
+          spec["padding"]) == (100, "silu", "raw3x3", "same")
+  np.testing.assert_allclose(spec["mean"], dm.CIFAR100_MEAN)
+
+
 # --- bad input: one line, nothing written ------------------------------------
 
 
