@@ -84,7 +84,7 @@ def main(argv):
   from configs import common
   from robustjax import attacks, checkpoint, data, evaluation, sharding
   from robustjax.errors import ConfigError
-  from robustjax.models import build_model
+  from robustjax.models import build_model, full_spec
   from robustjax.weightspace import (arithmetic, batchnorm, curves,
                                      interpolate, plots, sharpness, trees)
   start = time.time()
@@ -97,7 +97,7 @@ def main(argv):
                       "experiments/adversarial_training_cifar10.py first")
   std, rob = checkpoint.load(_STANDARD.value), checkpoint.load(_ROBUST.value)
   spec = std["meta"]["model"]
-  if spec != rob["meta"]["model"]:
+  if full_spec(spec) != full_spec(rob["meta"]["model"]):
     raise ConfigError(f"models differ: {spec} vs {rob['meta']['model']}")
   seeds = [json.loads(m["meta"]["config"]).get("seed") for m in (std, rob)]
   if seeds[0] != seeds[1]:

@@ -1,11 +1,13 @@
 """The layering of robustjax, checked by parsing every module (no import).
 
 Libraries (``attacks``, ``models``, ``data``, ``weightspace``, ``rws``,
-``rift``, ``training``, ``evaluation``) never import the task layer
-(``robustjax.tasks``), ``configs`` or ``launch``; the config-free ones never
-import ``ml_collections``; ``weightspace`` works on pytrees without models
-or the trainer; ``attacks`` know nothing of training; ``models`` nothing of
-data, attacks or training; ``data`` nothing of models or training. No
+``rift``, ``training``, ``evaluation``, ``interop``) never import the task
+layer (``robustjax.tasks``), ``configs`` or ``launch``; the config-free ones
+never import ``ml_collections``; ``weightspace`` works on pytrees without
+models or the trainer; ``attacks`` know nothing of training; ``models``
+nothing of data, attacks, training or interop; ``data`` nothing of models or
+training; ``interop`` (PyTorch conversion) nothing of data, attacks or
+training. No
 module uses a private name (``_x``) of another package, and the import
 graph (module-level and function-level imports alike) has no cycle.
 """
@@ -21,13 +23,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "robustjax"
 
 LIBRARIES = ("attacks", "models", "data", "weightspace", "rws", "rift",
-             "training", "evaluation")
-CONFIG_FREE = ("attacks", "models", "data", "weightspace", "rws", "rift")
+             "training", "evaluation", "interop")
+CONFIG_FREE = ("attacks", "models", "data", "weightspace", "rws", "rift",
+               "interop")
 FORBIDDEN = {
     "weightspace": ("models", "training"),
     "attacks": ("training",),
-    "models": ("data", "attacks", "training"),
+    "models": ("data", "attacks", "training", "interop"),
     "data": ("models", "training"),
+    "interop": ("data", "attacks", "training"),
 }
 
 

@@ -20,7 +20,8 @@ from robustjax.errors import ConfigError
 from robustjax.models import layers
 
 ALL_MODELS = ("preact_resnet18", "resnet18", "resnet34", "small_cnn", "vgg16",
-              "vgg16_rws", "vit_b", "wrn28_10", "wrn34_10", "wrn70_16")
+              "vgg16_rws", "vit_b", "wrn", "wrn28_10", "wrn34_10",
+              "wrn70_16")
 BN_FREE_MODELS = ("vgg16", "vgg16_rws", "vit_b")
 SMALL_WIDTH = 0.125
 # flax's automatic submodule names look like Conv_0, BatchNorm_3, block_1.
@@ -43,6 +44,7 @@ EXPECTED_PARAM_COUNTS = {
     "preact_resnet18": 11_171_146 + 2 * 512,
     "wrn34_10": 46_160_474,
     "wrn28_10": 36_479_194,
+    "wrn": 36_479_194,  # default depth 28, widen 10
     "vgg16": 14_728_266 - 2 * (2 * 64 + 2 * 128 + 3 * 256 + 6 * 512),
     # The RWS VGG-16 differs from vgg16 only in a max-pool (no parameters).
     "vgg16_rws": 14_728_266 - 2 * (2 * 64 + 2 * 128 + 3 * 256 + 6 * 512),
@@ -200,6 +202,7 @@ EXPECTED_PATHS = {
                  "stage3/block4/conv2/kernel", "final_bn/bias",
                  "head/dense/kernel"],
     "wrn28_10": ["stage3/block3/conv2/kernel", "final_bn/scale"],
+    "wrn": ["stage3/block3/conv2/kernel", "final_bn/scale"],
     "vgg16": ["features/conv0/kernel", "features/conv0/bias",
               "features/conv12/kernel", "head/dense/kernel"],
     "vgg16_rws": ["features/conv0/kernel", "features/conv0/bias",
@@ -514,3 +517,99 @@ def test_vit_forward_same_weights_at_32_and_64_pixels():
   assert logits.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(logits64)))
   np.testing.assert_array_equal(logits, train_logits)
+
+
+# --- model options and saved specs -------------------------------------------
+
+
+# Reference logits of specs holding only name, width and num_classes:
+# (first three logits of image 0, sum of |logits|) for init key 0 and
+# uniform images from numpy's default_rng(0). A change to the network such
+# a spec builds (a default, a padding, an initialiser) changes them.
+SAVED_SPEC_LOGITS = {
+    ("resnet18", 0.25): ([-1.6891318559646606, 1.2606401443481445,
+                          -1.756831407546997], 19.265247344970703),
+    ("preact_resnet18", 0.25): ([-1.2772823572158813, 0.6925251483917236,
+                                 -1.5160834789276123], 11.582215309143066),
+    ("wrn34_10", 0.1): ([-10.826902389526367, -2.3016698360443115,
+                         -5.215600967407227], 114.20652770996094),
+    ("wrn28_10", 0.1): ([-2.8383474349975586, -0.3364226818084717,
+                         0.33666670322418213], 41.61732864379883),
+    ("small_cnn", 0.25): ([1.2213177680969238, 0.1491696834564209,
+                          -0.07036104053258896], 9.794039726257324),
+}
+
+
+@pytest.mark.parametrize("name,width", sorted(SAVED_SPEC_LOGITS))
+def test_specs_saved_without_options_build_the_same_network(name, width):
+  old = {"name": name, "width": width, "num_classes": 10}
+  full = models.full_spec(old)
+  assert full == models.model_spec(name, width, 10)
+  assert full["mean"] == list(models.CIFAR10_MEAN)
+  assert full["std"] == list(models.CIFAR10_STD)
+  model = models.build_model(old)
+  x = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype(
+      np.float32)
+  variables = jax.jit(lambda: model.init(jax.random.key(0), x,
+                                         train=False))()
+  logits = np.asarray(jax.jit(lambda v: model.apply(v, x, train=False))(
+      variables))
+  first, total = SAVED_SPEC_LOGITS[(name, width)]
+  np.testing.assert_allclose(logits[0, :3], first, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.abs(logits).sum(), total, rtol=1e-5)
+
+
+def test_model_options_are_checked_and_recorded():
+  spec = models.model_spec("wrn", 1.0, 10, depth=34, widen=20,
+                           activation="swish", padding="same",
+                           mean=(0, 0, 0), std=(1, 1, 1))
+  assert spec == {"name": "wrn", "width": 1.0, "num_classes": 10,
+                  "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+                  "depth": 34, "widen": 20, "activation": "silu",
+                  "padding": "same"}
+  assert models.full_spec(spec) == spec
+  # WRN-34-20: explicit widen keeps the 16-channel stem, unlike width=2.
+  params = _abstract_init(models.build_model(spec))["params"]
+  assert params["stem"]["conv"]["kernel"].shape == (3, 3, 3, 16)
+  assert params["stage3"]["block0"]["conv1"]["kernel"].shape == (
+      3, 3, 640, 1280)
+  for bad in (dict(depth=30), dict(widen=0), dict(activation="gelu"),
+              dict(padding="valid"), dict(shortcut="raw")):
+    with pytest.raises(ConfigError) as err:
+      models.create_model("wrn", **bad)
+    assert "\n" not in str(err.value)
+  with pytest.raises(ConfigError, match="has no option padding"):
+    models.create_model("resnet18", padding="same")
+  with pytest.raises(ConfigError, match="final_bn"):
+    models.create_model("preact_resnet18", final_bn="yes")
+
+
+def test_same_padding_differs_from_torch_padding_when_strided():
+  """SAME pads a strided 3x3 conv (0, 1); PyTorch's rule pads (1, 1)."""
+  x = jnp.arange(2 * 8 * 8 * 1, dtype=jnp.float32).reshape(2, 8, 8, 1)
+
+  class One(nn.Module):
+    padding: str
+
+    @nn.compact
+    def __call__(self, x):
+      return layers.conv(1, 3, strides=2, padding=self.padding,
+                         dtype=jnp.float32, name="c")(x)
+
+  kernel = {"params": {"c": {"kernel": jnp.ones((3, 3, 1, 1))}}}
+  same = One("same").apply(kernel, x)
+  torch_rule = One("torch").apply(kernel, x)
+  # Output i reads rows 2i .. 2i + 2 under SAME and 2i - 1 .. 2i + 1 under
+  # PyTorch's rule: output (1, 1) sums x[2:5, 2:5] and x[1:4, 1:4].
+  assert float(same[0, 1, 1, 0]) == float(x[0, 2:5, 2:5, 0].sum())
+  assert float(torch_rule[0, 1, 1, 0]) == float(x[0, 1:4, 1:4, 0].sum())
+
+
+def test_resuming_a_run_saved_without_options_is_the_same_model():
+  from robustjax.training import loop
+  old = {"name": "small_cnn", "width": 0.25, "num_classes": 10}
+  loop._check_same_model({"model": old}, models.model_spec(
+      "small_cnn", 0.25, 10), "workdir")
+  with pytest.raises(ConfigError):
+    loop._check_same_model({"model": old}, models.model_spec(
+        "small_cnn", 0.5, 10), "workdir")

@@ -11,6 +11,8 @@ Usage::
 
   spec = models.model_spec("resnet18", 1.0, 10)   # saved with checkpoints
   model = models.build_model(spec)                # the same network back
+  models.create_model("wrn", depth=34, widen=20, activation="silu",
+                      padding="same", mean=(0, 0, 0), std=(1, 1, 1))
 
 Contract shared by every model:
 
@@ -25,6 +27,12 @@ Contract shared by every model:
   ``mutable=["batch_stats"]`` then returns empty updates, so callers need no
   special case.
 * ``width`` multiplies every channel count (rounded, at least 1).
+* Options (``model_options(name)``): ``wrn`` takes ``depth`` (6n + 4) and
+  ``widen``; every WideResNet ``activation`` (``relu``, ``silu`` =
+  ``swish``) and ``padding`` (``torch``: symmetric, ``same``: TensorFlow's
+  SAME, which differs for strided convs); ``preact_resnet18`` those two plus
+  ``shortcut`` (``preact``, ``raw``, ``raw3x3``) and ``final_bn``. The
+  model spec records all of them, with mean and std.
 
 Parameter naming scheme (every submodule is named; no ``Conv_0`` names):
 
@@ -34,8 +42,8 @@ Parameter naming scheme (every submodule is named; no ``Conv_0`` names):
   ``head/dense``.
 * ``preact_resnet18``: ``stem/conv``, ``stage{1-4}/block{j}/{bn1,conv1,bn2,
   conv2}``, ``stage{s}/block0/shortcut/conv``, ``final_bn``, ``head/dense``.
-* ``wrn34_10``, ``wrn28_10``, ``wrn70_16``: as ``preact_resnet18`` with
-  stages 1-3.
+* ``wrn``, ``wrn34_10``, ``wrn28_10``, ``wrn70_16``: as
+  ``preact_resnet18`` with stages 1-3.
 * ``vit_b`` (ViT-B/4, no BatchNorm): ``embed/{patch,cls,pos}``,
   ``encoder/layer{i}/{ln1,attn/{query,key,value,out},ln2,mlp/{fc1,fc2}}``,
   ``encoder/ln``, ``head/dense``; ``width`` scales the hidden size (heads of
@@ -46,14 +54,16 @@ Parameter naming scheme (every submodule is named; no ``Conv_0`` names):
 
 Stages and blocks count as in the papers' code: stages from 1, blocks within
 a stage from 0. Adding a model: write a factory
-``(num_classes, width, dtype, mean, std) -> nn.Module`` decorated with
-``@register("name")`` in a module imported below.
+``(num_classes, width, dtype, mean, std, **options) -> nn.Module`` decorated
+with ``@register("name", options={...defaults})`` in a module imported
+below.
 """
 
 from robustjax.models.layers import CIFAR10_MEAN, CIFAR10_STD
 from robustjax.models.registry import (COMPUTE_DTYPES, available_models,
                                        build_model, compute_dtype,
-                                       create_model, model_spec, register)
+                                       create_model, full_spec, model_options,
+                                       model_spec, register)
 
 # Imported for their @register side effect: they fill the registry.
 from robustjax.models import resnet as _resnet  # noqa: F401,E402
@@ -70,6 +80,8 @@ __all__ = [
     "build_model",
     "compute_dtype",
     "create_model",
+    "full_spec",
+    "model_options",
     "model_spec",
     "register",
 ]

@@ -44,19 +44,50 @@ def normalize(x: jax.Array, mean: tuple[float, ...], std: tuple[float, ...],
   return ((x.astype(jnp.float32) - mean_arr) / std_arr).astype(dtype)
 
 
-def conv(features: int, kernel_size: int, *, strides: int = 1,
-         use_bias: bool = False, dtype: Dtype, name: str) -> nn.Conv:
-  """A square conv with PyTorch's symmetric ``kernel_size // 2`` padding.
+# The padding rules a conv may follow (the ``padding`` model option).
+PADDINGS = ("torch", "same")
 
-  Explicit padding matters for strided convs: flax's "SAME" pads (0, 1) for a
-  3x3 stride-2 conv on an even input, PyTorch pads (1, 1). With explicit
-  padding, weights ported from PyTorch give the same outputs. Must be called
-  inside a compact method (the new module binds to the calling module).
+# Where a pre-activation block's projection shortcut reads its input (the
+# ``shortcut`` model option): "preact" a 1x1 conv of the pre-activated input
+# (TRADES/MART WideResNet, DeepMind's WideResNet, PreActBlockV2); "raw" a 1x1
+# conv of the raw block input (PreActBlock of Wong et al. 2020 and
+# Andriushchenko & Flammarion 2020); "raw3x3" a 3x3 conv of the raw block
+# input (DeepMind's pre-activation ResNet).
+SHORTCUTS = ("preact", "raw", "raw3x3")
+
+# The activations a model may use (the ``activation`` model option). Swish
+# (x * sigmoid(x)) and SiLU are one function under two names.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu, "silu": nn.silu, "swish": nn.silu}
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The elementwise activation called ``name`` (a key of ``ACTIVATIONS``)."""
+  return ACTIVATIONS[name]
+
+
+def conv(features: int, kernel_size: int, *, strides: int = 1,
+         use_bias: bool = False, padding: str = "torch", dtype: Dtype,
+         name: str) -> nn.Conv:
+  """A square conv padded by the rule ``padding``.
+
+  ``"torch"``: PyTorch's symmetric ``kernel_size // 2`` on each side.
+  ``"same"``: TensorFlow's/flax's SAME, which pads (0, 1) for a 3x3 stride-2
+  conv on an even input where PyTorch pads (1, 1); DeepMind's robust models
+  were trained with it (their PyTorch ports pad by hand to match). The two
+  rules agree for stride 1 but sample different pixels when strided, so
+  weights give the same outputs only under the rule they were trained with.
+  Must be called inside a compact method (the new module binds to the
+  calling module).
   """
-  pad = kernel_size // 2
+  if padding == "same":
+    pads: Any = "SAME"
+  else:
+    pad = kernel_size // 2
+    pads = ((pad, pad), (pad, pad))
   return nn.Conv(
       features, (kernel_size, kernel_size), strides=(strides, strides),
-      padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
+      padding=pads, use_bias=use_bias, dtype=dtype,
       param_dtype=jnp.float32, kernel_init=conv_kernel_init,
       bias_init=nn.initializers.zeros, name=name)
 
@@ -116,7 +147,8 @@ class Stage(nn.Module):
   """``num_blocks`` residual blocks named ``block0``, ``block1``, ...
 
   Only the first block may downsample (``strides``) or change the channel
-  count; the rest keep the shape. ``block`` is a block class with fields
+  count; the rest keep the shape. ``block`` is a block class (or a
+  ``functools.partial`` of one fixing its other options) with fields
   (features, strides, dtype) called as ``block(...)(x, train)``.
   [B, H, W, C_in] -> [B, H / strides, W / strides, features].
   """
@@ -149,11 +181,12 @@ class ConvBN(nn.Module):
   strides: int = 1
   use_bn: bool = True
   dtype: Dtype = jnp.float32
+  padding: str = "torch"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = conv(self.features, self.kernel_size, strides=self.strides,
-             dtype=self.dtype, name="conv")(x)
+             padding=self.padding, dtype=self.dtype, name="conv")(x)
     if self.use_bn:
       x = batch_norm(train, dtype=self.dtype, name="bn")(x)
     return x

@@ -8,6 +8,8 @@
 ``rift``        RiFT fine-tuning of a robust checkpoint
 ``rws_finetune`` fine-tune from a shared start (theta_pre) for RWS
 ``rws``         extract, patch and analyse robust weight signatures
+``import_torch`` a PyTorch / RobustBench checkpoint file -> a workdir
+``export_torch`` a checkpoint -> a PyTorch state_dict file
 ==============  ===========================================================
 
 Each module has ``run(config, workdir) -> report``: it validates the

@@ -60,7 +60,7 @@ def _checkpoints(config: Any) -> tuple[dict[str, str], dict[str, Any]]:
                          "checkpoint_a and checkpoint_b")
   spec = checkpoint.read_meta(paths["a"])["model"]
   spec_b = checkpoint.read_meta(paths["b"])["model"]
-  if spec != spec_b:
+  if models.full_spec(spec) != models.full_spec(spec_b):
     raise ConfigError(f"checkpoint_a holds model {spec} but checkpoint_b "
                       f"holds {spec_b}; interpolate two runs of one model")
   return paths, spec

@@ -79,7 +79,8 @@ def dataset_meta(dataset_cfg: Any) -> dict[str, Any]:
 def _check_same_model(meta: dict[str, Any], spec: dict[str, Any],
                       workdir: str) -> None:
   saved = meta.get("model", {})
-  if saved != spec:
+  # Specs saved with fewer keys name their defaults: compare full specs.
+  if not saved or models.full_spec(saved) != models.full_spec(spec):
     raise ConfigError(
         f"workdir {workdir} holds a checkpoint of model {saved} but the config "
         f"asks for {spec}; use a new --workdir (or delete the old one)")
