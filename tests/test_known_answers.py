@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from robustjax.attacks import apgd, fab, losses, square
+from robustjax.attacks import pgd as pgd_attack
 from robustjax.training import objectives
 
 BN_MOMENTUM = 0.9
@@ -373,6 +374,28 @@ def test_objective_attack_steps(name, steps, step_size, eps, linear_problem):
   assert np.max(np.abs(got - x)) > eps - 1e-6  # the ball's face is reached
 
 
+def test_l2_pgd_steps(linear_problem):
+  """L2 PGD from x (Madry et al.'s robustness library): x + a g / ||g||_2,
+  rescaled onto the eps ball when outside, clipped to [0, 1]."""
+  x, y, w, b = linear_problem
+  eps, step_size, steps = 0.5, 0.2, 4
+  got = np.asarray(pgd_attack(
+      lambda z: z.reshape(z.shape[0], -1) @ jnp.asarray(w) + jnp.asarray(b),
+      jnp.asarray(x), jnp.asarray(y), key=None, eps=eps,
+      step_size=step_size, steps=steps, norm="l2", random_start=False))
+  x64 = x.astype(np.float64)
+  x_adv = x64
+  for _ in range(steps):
+    g = _np_linear_input_grad(x_adv, w, b, _ce_logit_grad(y))
+    x_adv = x_adv + step_size * g / np.sqrt(np.sum(g ** 2, (1, 2, 3),
+                                                   keepdims=True))
+    delta = x_adv - x64
+    n = np.sqrt(np.sum(delta ** 2, (1, 2, 3), keepdims=True))
+    x_adv = np.clip(x64 + delta * np.minimum(1.0, eps / n), 0.0, 1.0)
+  np.testing.assert_allclose(got, x_adv, atol=2e-6)
+  assert np.sqrt(np.sum((got - x) ** 2, (1, 2, 3))).max() > 0.4
+
+
 # -------------------------------------------------------------------- APGD
 
 
@@ -394,9 +417,14 @@ def _np_mlp_ce_and_grad(x, y, params):
   return ce, dx.reshape(x.shape), z
 
 
+def _l2_unit(v):
+  """autopgd_base.py's L2 normalize: ``v / (||v||_2 + 1e-12)`` per example."""
+  return v / (np.sqrt(np.sum(v ** 2, (1, 2, 3), keepdims=True)) + 1e-12)
+
+
 def _np_apgd(x, y, x_start, params, *, eps, n_iter, momentum=0.75,
-             rho=0.75):
-  """autopgd_base.py's attack_single_run, Linf, CE, one EOT sample.
+             rho=0.75, norm="linf"):
+  """autopgd_base.py's attack_single_run, Linf or L2, CE, one EOT sample.
 
   Returns ``(trace, counts)``: per iteration ``(x_adv, step_size,
   loss_best, x_best_adv, acc)`` after its step-size check, and how often
@@ -406,8 +434,18 @@ def _np_apgd(x, y, x_start, params, *, eps, n_iter, momentum=0.75,
   n_iter_2 = max(int(0.22 * n_iter), 1)
   n_iter_min = max(int(0.06 * n_iter), 1)
   size_decr = max(int(0.03 * n_iter), 1)
-  proj = lambda z: np.clip(np.minimum(np.maximum(z, x - eps), x + eps),  # noqa: E731
-                           0.0, 1.0)
+  if norm == "linf":
+    def proj(z):
+      return np.clip(np.minimum(np.maximum(z, x - eps), x + eps), 0.0, 1.0)
+
+    def direction(g):
+      return np.sign(g)
+  else:
+    def proj(z):
+      n = np.sqrt(np.sum((z - x) ** 2, (1, 2, 3), keepdims=True))
+      return np.clip(x + _l2_unit(z - x) * np.minimum(eps, n), 0.0, 1.0)
+
+    direction = _l2_unit
   x_adv = x_start.copy()
   x_best, x_best_adv = x_adv.copy(), x_adv.copy()
   loss_steps = np.zeros((n_iter, len(x)))
@@ -429,7 +467,7 @@ def _np_apgd(x, y, x_start, params, *, eps, n_iter, momentum=0.75,
     grad2 = x_adv - x_adv_old
     x_adv_old = x_adv.copy()
     a = momentum if i > 0 else 1.0
-    x_adv_1 = proj(x_adv + step_size * np.sign(grad))
+    x_adv_1 = proj(x_adv + step_size * direction(grad))
     x_adv_1 = proj(x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a))
     x_adv = x_adv_1
     loss_indiv, grad, logits = _np_mlp_ce_and_grad(x_adv, y, params)
@@ -536,6 +574,46 @@ def test_apgd_trajectory_matches_the_reference_step_by_step():
                       momentum=1.0)
   assert max(np.abs(a[0] - b[0]).max() for a, b in zip(trace, plain)) > \
       0.2 * eps
+
+
+def test_apgd_l2_trajectory_matches_the_reference():
+  """APGD-CE with the L2 step (g / ||g||, projection onto the L2 ball) and
+  its start on the L2 sphere, iterate by iterate."""
+  n_iter, eps, batch = 12, 0.8, 4
+  params = _mlp_params(38, 8, 6, 4)
+  rng = np.random.default_rng(11)
+  x = rng.uniform(0.1, 0.9, (batch, 2, 2, 2)).astype(np.float32)
+  x64 = x.astype(np.float64)
+  y = np.asarray(_np_mlp_ce_and_grad(x64, np.zeros(batch, int), params)[2]
+                 .argmax(1))
+  jparams = [jnp.float32(p) for p in params]
+
+  def logits_fn(z, keys):
+    del keys
+    h = jnp.tanh(z.reshape(z.shape[0], -1) @ jparams[0] + jparams[1])
+    return h @ jparams[2] + jparams[3]
+
+  keys = jax.random.split(jax.random.key(13), batch)
+  kwargs = dict(eps=eps, norm="l2", loss="ce")
+  state = apgd.init_state(logits_fn, jnp.asarray(x), jnp.asarray(y), keys,
+                          **kwargs)
+  step = jax.jit(apgd.make_step(logits_fn, jnp.asarray(x), jnp.asarray(y),
+                                keys, steps=n_iter, **kwargs))
+  # The reference's L2 start: x + eps * t / ||t||_2, t standard normal.
+  t = np.asarray(jax.vmap(lambda k: jax.random.normal(
+      k, x.shape[1:], jnp.float32))(keys), np.float64)
+  start = np.clip(x64 + eps * _l2_unit(t), 0.0, 1.0)
+  trace, _ = _np_apgd(x64, y, start, params, eps=eps, n_iter=n_iter,
+                      norm="l2")
+  for i, (x_adv, step_size, loss_best, *_) in enumerate(trace):
+    state = step(state, jnp.int32(i))
+    np.testing.assert_allclose(np.asarray(state["x_adv"]), x_adv, atol=2e-5,
+                               err_msg=f"iterate {i}")
+    np.testing.assert_allclose(np.asarray(state["step_size"]), step_size,
+                               rtol=1e-6, err_msg=f"step size {i}")
+    np.testing.assert_allclose(np.asarray(state["loss_best"]), loss_best,
+                               rtol=1e-4, atol=1e-5, err_msg=f"best {i}")
+  assert np.abs(trace[-1][0] - x64).max() > 0.1
 
 
 # --------------------------------------------------------------------- FAB
