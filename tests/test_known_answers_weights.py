@@ -5,8 +5,9 @@ Each is recomputed in float64 numpy written from the reference's formula
 (Robust_Weight_Signatures ``model_patching.py:decompose``, ties-merging's
 trim / elect / disjoint mean, DARE's drop and rescale) on small random
 trees, so a swapped argument, a wrong sign or a missing factor changes a
-number these tests compare. Inputs avoid the references' tie cases (exact
-zero sign sums, ``density * n`` an integer), which are documented apart.
+number these tests compare. Inputs avoid TIES's two tie cases (an exact
+zero sign sum, ``density * n`` a whole number), where robustjax and the
+reference's code differ (docs/weight_space.md).
 """
 
 from __future__ import annotations
