@@ -38,3 +38,9 @@ bench: setup-bench
 
 clean:
 	rm -rf workdirs data/cache
+
+# Curated mutation testing of the maths-bearing modules (tools/mutation.py;
+# README "Mutation testing"): per-module score, survivors, run time.
+.PHONY: mutation
+mutation: setup-dev
+	$(BIN)/python tools/mutation.py
