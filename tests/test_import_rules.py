@@ -1,7 +1,7 @@
 """The layering of robustjax, checked by parsing every module (no import).
 
 Libraries (``attacks``, ``models``, ``data``, ``weightspace``, ``rws``,
-``rift``, ``training``, ``evaluation``) never import the task layer
+``rift``, ``smoothing``, ``training``, ``evaluation``) never import the task layer
 (``robustjax.tasks``), ``configs`` or ``launch``; the config-free ones never
 import ``ml_collections``; ``weightspace`` works on pytrees without models
 or the trainer; ``attacks`` know nothing of training; ``models`` nothing of
@@ -21,8 +21,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "robustjax"
 
 LIBRARIES = ("attacks", "models", "data", "weightspace", "rws", "rift",
-             "training", "evaluation")
-CONFIG_FREE = ("attacks", "models", "data", "weightspace", "rws", "rift")
+             "smoothing", "training", "evaluation")
+CONFIG_FREE = ("attacks", "models", "data", "weightspace", "rws", "rift",
+               "smoothing")
 FORBIDDEN = {
     "weightspace": ("models", "training"),
     "attacks": ("training",),

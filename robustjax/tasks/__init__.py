@@ -8,6 +8,9 @@
 ``rift``        RiFT fine-tuning of a robust checkpoint
 ``rws_finetune`` fine-tune from a shared start (theta_pre) for RWS
 ``rws``         extract, patch and analyse robust weight signatures
+``smoothing``   a fixed-weight output mixture of two checkpoints over a grid
+``smoothing_train`` train an adaptive mixture's mixing network
+``smoothing_adaptive`` evaluate an adaptive mixture, attacked end to end
 ==============  ===========================================================
 
 Each module has ``run(config, workdir) -> report``: it validates the
