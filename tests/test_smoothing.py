@@ -271,3 +271,26 @@ def test_autoattack_on_two_copies_equals_autoattack_on_the_model():
     assert result.clean_acc == base.clean_acc
     assert result.robust_acc == base.robust_acc
     np.testing.assert_array_equal(result.robust, base.robust)
+
+
+def test_mixtures_evaluate_like_models(pair, adaptive):
+  """``evaluation.evaluate`` and the weight-space curves' evaluator take a
+  mixture as they take a model; at a = 1 it scores as the robust model."""
+  from robustjax import data, evaluation
+  from robustjax.weightspace import curves
+  ms, vs, mr, vr = pair
+  test = data.load_split("cifar10", "test")
+  mesh = sharding.make_mesh(1)
+  clean = attacks.build({"name": "none"})
+  kwargs = dict(attack=clean, batch_size=32, num_examples=64)
+  mixed = evaluation.evaluate(MixedClassifier(ms, mr),
+                              mixture_variables(vs, vr, 1.0), test, mesh,
+                              **kwargs)
+  assert mixed["clean_acc"] == evaluation.evaluate(mr, vr, test, mesh,
+                                                   **kwargs)["clean_acc"]
+  point = curves.make_evaluator(MixedClassifier(ms, mr), test, mesh,
+                                **kwargs)(mixture_variables(vs, vr, 0.5))
+  assert point["num_examples"] == 64 and np.isfinite(point["clean_loss"])
+  clf, variables = adaptive
+  assert 0.0 <= evaluation.evaluate(clf, variables, test, mesh,
+                                    **kwargs)["clean_acc"] <= 1.0
