@@ -1,7 +1,7 @@
 """The layering of robustjax, checked by parsing every module (no import).
 
 Libraries (``attacks``, ``models``, ``data``, ``weightspace``, ``rws``,
-``rift``, ``training``, ``evaluation``, ``interop``) never import the task
+``rift``, ``smoothing``, ``training``, ``evaluation``, ``interop``) never import the task
 layer (``robustjax.tasks``), ``configs`` or ``launch``; the config-free ones
 never import ``ml_collections``; ``weightspace`` works on pytrees without
 models or the trainer; ``attacks`` know nothing of training; ``models``
@@ -23,9 +23,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "robustjax"
 
 LIBRARIES = ("attacks", "models", "data", "weightspace", "rws", "rift",
-             "training", "evaluation", "interop")
+             "smoothing", "training", "evaluation", "interop")
 CONFIG_FREE = ("attacks", "models", "data", "weightspace", "rws", "rift",
-               "interop")
+               "smoothing", "interop")
 FORBIDDEN = {
     "weightspace": ("models", "training"),
     "attacks": ("training",),

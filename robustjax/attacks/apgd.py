@@ -69,8 +69,17 @@ def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
   return is_check, window
 
 
-def _project(z: jax.Array, x: jax.Array, eps: float, norm: str) -> jax.Array:
+def _eps_like(eps, x: jax.Array) -> jax.Array | float:
+  """``eps`` as a scalar, or a per-example ``[B]`` radius broadcast over
+  ``x [B, ...]``."""
+  if np.ndim(eps) == 0:
+    return eps
+  return it.expand(jnp.asarray(eps, x.dtype), x)
+
+
+def _project(z: jax.Array, x: jax.Array, eps, norm: str) -> jax.Array:
   """The reference's projection onto the ball, then [0, 1]."""
+  eps = _eps_like(eps, x)
   if norm == "linf":
     return jnp.clip(jnp.clip(z, x - eps, x + eps), 0.0, 1.0)
   d = z - x
@@ -96,8 +105,10 @@ def per_example(fn: Callable[[jax.Array, jax.Array], jax.Array]
   return logits
 
 
-def _loss_fn(loss: str) -> Callable[[jax.Array, jax.Array, jax.Array],
+def _loss_fn(loss) -> Callable[[jax.Array, jax.Array, jax.Array],
                                     jax.Array]:
+  if callable(loss):
+    return loss  # (model output, y, target) -> [B]
   if loss == "ce":
     return lambda logits, y, t: cross_entropy(logits, y)
   if loss == "dlr":
@@ -109,14 +120,16 @@ def init_state(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
                keys: jax.Array, *, eps: float, norm: str, loss: str,
                target: jax.Array | None = None, eot_iter: int = 1
                ) -> it.State:
-  """The random start and its loss and gradient: APGD's state at step 0."""
+  """The random start and its loss and gradient: APGD's state at step 0
+  (``eps`` and ``loss`` as in ``make_step``)."""
+  radius = _eps_like(eps, x)
   if norm == "linf":
     t = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0,
                                               1.0))(keys)
-    x_adv = x + eps * t / it.expand(it.linf_norm(t), t)
+    x_adv = x + radius * t / it.expand(it.linf_norm(t), t)
   else:
     t = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
-    x_adv = x + eps * t / (it.expand(it.l2_norm(t), t) + 1e-12)
+    x_adv = x + radius * t / (it.expand(it.l2_norm(t), t) + 1e-12)
   x_adv = jnp.clip(x_adv, 0.0, 1.0)
   loss_i, grad, logits = _loss_and_grad(logits_fn, x_adv, y, target, keys,
                                         _loss_fn(loss), eot_iter, 0)
@@ -125,7 +138,7 @@ def init_state(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
       x_adv=x_adv, x_adv_old=x_adv, grad=grad,
       x_best=x_adv, grad_best=grad, loss_best=loss_i,
       x_best_adv=x_adv, robust=jnp.argmax(logits, -1) == y,
-      step_size=jnp.full((batch,), 2.0 * eps, x.dtype),
+      step_size=2.0 * jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,)),
       loss_prev=jnp.zeros((batch,), jnp.float32),
       n_increase=jnp.zeros((batch,), jnp.int32),
       loss_best_last_check=loss_i,
@@ -137,9 +150,12 @@ def _loss_and_grad(logits_fn, x_adv, y, target, keys, loss_fn, eot_iter,
   """Per-example loss ``[B]``, the EOT-averaged gradient, the last logits."""
 
   def total(z, key):
-    logits = logits_fn(z, key)
-    per_example = loss_fn(logits, y, target)
-    return jnp.sum(per_example), (per_example, logits)
+    out = logits_fn(z, key)
+    per_example = loss_fn(out, y, target)
+    # A model may return (logits, extra) for a callable loss; predictions
+    # always come from the logits.
+    return jnp.sum(per_example), (per_example,
+                                  out[0] if isinstance(out, tuple) else out)
 
   grad_fn = jax.grad(total, has_aux=True)
   grad = jnp.zeros_like(x_adv)
@@ -154,11 +170,19 @@ def _loss_and_grad(logits_fn, x_adv, y, target, keys, loss_fn, eot_iter,
 def make_step(logits_fn: it.KeyedLogitsFn, x: jax.Array, y: jax.Array,
               keys: jax.Array, *, eps: float, norm: str, loss: str,
               steps: int, target: jax.Array | None = None,
-              rho: float = 0.75, eot_iter: int = 1
+              rho: float = 0.75, eot_iter: int = 1,
+              schedule: tuple[jax.Array, jax.Array] | None = None
               ) -> Callable[[it.State, jax.Array], it.State]:
-  """``step(state, i) -> state``: APGD iteration ``i`` (``i`` may be traced)."""
-  is_check_tab, window_tab = (jnp.asarray(a) for a in
-                              checkpoint_schedule(steps))
+  """``step(state, i) -> state``: APGD iteration ``i`` (``i`` may be traced).
+
+  ``eps`` is a scalar or a per-example ``[B]`` radius. ``loss`` is a name
+  of ``APGD_LOSSES`` or a callable ``(output, y, target) -> [B]`` (then
+  ``logits_fn`` may return ``(logits, extra)``). ``schedule`` overrides
+  ``checkpoint_schedule(steps)`` with ``(is_check, window)`` arrays (traced
+  arrays let one compiled step serve runs of different lengths).
+  """
+  is_check_tab, window_tab = (jnp.asarray(a) for a in (
+      schedule if schedule is not None else checkpoint_schedule(steps)))
   loss_fn = _loss_fn(loss)
 
   def step(s: it.State, i: jax.Array) -> it.State:

@@ -10,6 +10,9 @@
 ``rws``         extract, patch and analyse robust weight signatures
 ``import_torch`` a PyTorch / RobustBench checkpoint file -> a workdir
 ``export_torch`` a checkpoint -> a PyTorch state_dict file
+``smoothing``   a fixed-weight output mixture of two checkpoints over a grid
+``smoothing_train`` train an adaptive mixture's mixing network
+``smoothing_adaptive`` evaluate an adaptive mixture, attacked end to end
 ==============  ===========================================================
 
 Each module has ``run(config, workdir) -> report``: it validates the

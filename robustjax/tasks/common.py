@@ -6,7 +6,8 @@ arguments: restoring a checkpoint with its model and evaluation split
 attack of a config block (``attack``), the OOD block (``ood_config``,
 ``evaluate_ood``), clean training batches for BatchNorm re-estimation
 (``bn_batches``), saving a model's variables as a checkpoint
-(``save_variables``) and the order of a model's layers (``layer_order``).
+(``save_variables``), the order of a model's layers (``layer_order``) and
+the two checkpoints of an output-space mixture (``restore_pair``).
 """
 
 from __future__ import annotations
@@ -285,3 +286,64 @@ def checkpoint_splits(meta: Mapping[str, Any], dataset_cfg: Any, *,
       data_dir=dataset_cfg.get("data_dir") or trained.get("data_dir") or None,
       classes=classes, val_size=held, val_seed=used["val_seed"])
   return used, train, val
+
+
+def restore_pair(config: Any, num_examples: int
+                 ) -> tuple[Restored, Restored]:
+  """The standard and the robust checkpoint of an output-space mixture
+  (``config.checkpoint_std``, ``config.checkpoint_rob``), each with its
+  model and evaluation split.
+
+  Raises ConfigError (before any work) when a path is unset or holds no
+  checkpoint, when the two models differ in class count, in the class
+  subset or in the input shape they were trained on, or when either does
+  not fit its model at the evaluation split's image shape.
+  """
+  metas = {}
+  for side in ("std", "rob"):
+    path = config.get(f"checkpoint_{side}")
+    if not path:
+      raise ConfigError(f"set --config.checkpoint_{side} to a training "
+                        "workdir or a checkpoint step folder")
+    metas[side] = checkpoint.read_meta(path, int(config.get("step", 0))
+                                       or None,
+                                       best=bool(config.get("best", False)))
+  classes = {s: m["model"]["num_classes"] for s, m in metas.items()}
+  if classes["std"] != classes["rob"]:
+    raise ConfigError(f"checkpoint_std has {classes['std']} classes but "
+                      f"checkpoint_rob has {classes['rob']}; mix two models "
+                      "of the same classes")
+  shapes = {s: _trained_image_shape(m) for s, m in metas.items()}
+  if None not in shapes.values() and shapes["std"] != shapes["rob"]:
+    raise ConfigError(f"checkpoint_std was trained on {shapes['std']} images "
+                      f"but checkpoint_rob on {shapes['rob']}; mix two models "
+                      "of the same input shape")
+  info = data.DATASETS.get(config.dataset.name)
+  for side, shape in shapes.items():
+    if info is not None and shape is not None and shape != info.image_shape:
+      raise ConfigError(f"checkpoint_{side} was trained on {shape} images but "
+                        f"dataset '{info.name}' has {info.image_shape}; mix "
+                        "two models of the dataset's input shape")
+  subsets = {s: trained_classes(config.dataset, m) for s, m in metas.items()}
+  if subsets["std"] != subsets["rob"]:
+    raise ConfigError(f"checkpoint_std was trained on classes "
+                      f"'{subsets['std'] or 'all'}' but checkpoint_rob on "
+                      f"'{subsets['rob'] or 'all'}'; mix two models of the "
+                      "same classes")
+  out = []
+  for side in ("std", "rob"):
+    try:
+      out.append(restore(config, num_examples,
+                         path=config.get(f"checkpoint_{side}")))
+    except ConfigError as err:
+      raise ConfigError(f"checkpoint_{side}: {err}") from None
+  return out[0], out[1]
+
+
+def _trained_image_shape(meta: Mapping[str, Any]) -> tuple[int, ...] | None:
+  """The image shape a checkpoint's dataset has (None if unrecorded)."""
+  trained = meta.get("dataset") or {}
+  if trained.get("image_shape"):
+    return tuple(int(d) for d in trained["image_shape"])
+  info = data.DATASETS.get(trained.get("name", ""))
+  return tuple(info.image_shape) if info is not None else None
