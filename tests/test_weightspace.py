@@ -239,10 +239,16 @@ def test_ties_trim_elect_and_disjoint_mean():
   d1 = {"w": jnp.array([3.0, -1.0, 0.5, 2.0])}
   d2 = {"w": jnp.array([-1.0, -2.0, 0.1, 4.0])}
   trimmed = arithmetic.trim(d1, 0.5)
-  np.testing.assert_array_equal(trimmed["w"], [3.0, 0.0, 0.0, 2.0])
+  # int(0.5 * 4) + 1 = 3 entries kept, as ties-merging's kthvalue rule.
+  np.testing.assert_array_equal(trimmed["w"], [3.0, -1.0, 0.0, 2.0])
   merged = arithmetic.ties_merge([d1, d2], density=0.5)
-  # trimmed: [3, 0, 0, 2] and [0, -2, 0, 4]; signs elected: +, -, 0, +.
-  np.testing.assert_allclose(merged["w"], [3.0, -2.0, 0.0, 3.0])
+  # trimmed: [3, -1, 0, 2] and [-1, -2, 0, 4]; signs elected: +, -, 0, +.
+  np.testing.assert_allclose(merged["w"], [3.0, -1.5, 0.0, 3.0])
+  # A zero sum takes the majority sign of the elected signs (+ here).
+  tie = arithmetic.ties_merge([{"w": jnp.array([1.0, 5.0, 2.0])},
+                               {"w": jnp.array([-1.0, 5.0, 2.0])}],
+                              density=1.0)
+  np.testing.assert_allclose(tie["w"], [1.0, 5.0, 2.0])
   # Per-leaf scope keeps the fraction in every leaf.
   two = {"a": jnp.arange(1.0, 11.0), "b": jnp.arange(101.0, 111.0)}
   per_leaf = arithmetic.trim(two, 0.2, scope="leaf")

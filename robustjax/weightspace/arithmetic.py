@@ -85,37 +85,58 @@ def apply(base: Any, delta: Any, coefficient: float = 1.0) -> dict[str, Any]:
   return trees.unflatten(out)
 
 
-def _threshold(values: Sequence[jax.Array], density: float) -> jax.Array:
-  """The magnitude of the k-th largest entry, k = ceil(density * n)."""
+def _kept(values: Sequence[jax.Array], density: float, scope: str) -> int:
+  """How many entries trimming keeps: the ties-merging code's kthvalue rule
+  (``int(density * n) + 1``, at most ``n``) over the whole tree, peft's
+  ``int(density * n)`` per leaf."""
+  n = sum(int(np.size(v)) for v in values)
+  k = int(density * n)
+  return min(k + 1, n) if scope == "global" else k
+
+
+def _threshold(values: Sequence[jax.Array], k: int) -> jax.Array:
+  """The magnitude of the k-th largest entry (infinity when ``k`` is 0)."""
   flat = jnp.concatenate([jnp.abs(v).ravel() for v in values])
-  k = max(int(np.ceil(density * flat.size)), 1)
+  if k == 0:
+    return jnp.asarray(jnp.inf, flat.dtype)
   return jnp.sort(flat)[flat.size - k]
 
 
 def trim(delta: Any, density: float, scope: str = "global") -> dict[str, Any]:
-  """Zeroes all but the ``density`` fraction of largest-magnitude entries,
-  over the whole tree (``'global'``) or per leaf (``'leaf'``). Ties at the
-  threshold are kept, so slightly more than the fraction may survive."""
+  """Zeroes all but the largest-magnitude entries of ``delta``.
+
+  ``'global'`` (ties-merging's ``topk_values_mask`` on the flattened model)
+  keeps the ``int(density * n) + 1`` largest over the whole tree; ``'leaf'``
+  (mergekit / peft) keeps the ``int(density * n)`` largest of each leaf.
+  Entries tied with the last kept magnitude are kept too, as the
+  reference's ``>=`` threshold does.
+  """
   if not 0.0 < density <= 1.0:
     raise ConfigError(f"density={density} must be in (0, 1]")
   if scope not in ("global", "leaf"):
     raise ConfigError(f"trim scope '{scope}' is not 'global' or 'leaf'")
   flat = trees.flatten(delta)
   if scope == "global":
-    cut = _threshold(list(flat.values()), density)
+    values = list(flat.values())
+    cut = _threshold(values, _kept(values, density, scope))
     return trees.unflatten({k: jnp.where(jnp.abs(v) >= cut, v, 0)
                             for k, v in flat.items()})
-  return trees.unflatten({k: jnp.where(jnp.abs(v) >= _threshold([v], density),
-                                       v, 0) for k, v in flat.items()})
+  return trees.unflatten({
+      k: jnp.where(jnp.abs(v) >= _threshold([v], _kept([v], density, scope)),
+                   v, 0) for k, v in flat.items()})
 
 
 def ties_merge(deltas: Sequence[Any], *, density: float = 0.2,
                scope: str = "global") -> dict[str, Any]:
   """TIES merge of task vectors: trim, elect sign, disjoint mean.
 
-  Returns the merged delta; apply it with ``apply(base, merged, lam)``
-  (the reference searches ``lam`` on validation data, e.g. 0.8-2.5).
-  An entry where no trimmed delta agrees with the elected sign is 0.
+  As ties-merging's code: each trimmed entry's sign is the sign of the
+  summed trimmed deltas; where that sum is exactly zero it is the majority
+  sign (the sign of the sum of all elected signs over the whole model);
+  the merged entry is the mean of the trimmed entries with the elected
+  sign (0 where none has it). Returns the merged delta; apply it with
+  ``apply(base, merged, lam)`` (the reference searches ``lam`` on
+  validation data, e.g. 0.8-2.5).
   """
   if not deltas:
     raise ConfigError("ties_merge needs at least one delta")
@@ -123,10 +144,12 @@ def ties_merge(deltas: Sequence[Any], *, density: float = 0.2,
   for other in trimmed[1:]:
     trees.check_compatible(trees.unflatten(trimmed[0]),
                            trees.unflatten(other), "the deltas")
+  stacks = {path: jnp.stack([t[path] for t in trimmed]) for path in trimmed[0]}
+  signs = {path: jnp.sign(jnp.sum(stack, 0)) for path, stack in stacks.items()}
+  majority = jnp.sign(sum(jnp.sum(s) for s in signs.values()))
   out = {}
-  for path in trimmed[0]:
-    stack = jnp.stack([t[path] for t in trimmed])
-    sign = jnp.sign(jnp.sum(stack, 0))  # the "mass" election
+  for path, stack in stacks.items():
+    sign = jnp.where(signs[path] == 0, majority, signs[path])
     agree = (jnp.sign(stack) == sign) & (stack != 0)
     total = jnp.sum(jnp.where(agree, stack, 0), 0)
     count = jnp.sum(agree, 0)
