@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
                                 Preempted)
   try:
     _main(argv)
-  except ConfigError as err:
+  except (ConfigError, app.UsageError) as err:
     _fail(str(err), EXIT_USER_ERROR)
   except Preempted as err:
     print(err, file=sys.stderr, flush=True)

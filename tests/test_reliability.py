@@ -11,13 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import chex
 import pytest
 
 from configs import at as at_config
-from configs import evaluate as evaluate_config
 from robustjax import checkpoint, tasks, workdir as workdir_lib
 from robustjax.errors import EXIT_PREEMPTED, ConfigError
 
@@ -114,6 +114,28 @@ def test_bad_input_is_one_line(args, message, tmp_path):
   line = _one_error_line(_launch(*args), message)
   assert "\\" not in line  # no escaped quotes or newlines
   assert _hashes(tmp_path) == before
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_bug_shows_its_traceback_and_says_so(tmp_path):
+  """An exception that is not a user error (here a task defined in the
+  config file that raises RuntimeError) is a bug: traceback, a line saying
+  so, exit code 1."""
+  (tmp_path / "bug.py").write_text(
+      "import ml_collections\n"
+      "from robustjax import tasks\n\n"
+      "@tasks.register('broken')\n"
+      "def broken(config, workdir):\n"
+      "  raise RuntimeError('an internal inconsistency')\n\n"
+      "def get_config(arg=None):\n"
+      "  return ml_collections.ConfigDict({'task': 'broken'})\n")
+  result = _launch(f"--config={tmp_path / 'bug.py'}",
+                   f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" in result.stderr
+  assert "RuntimeError: an internal inconsistency" in result.stderr
+  assert result.stderr.rstrip().splitlines()[-1].startswith(
+      "error: the traceback above is a bug in robustjax")
   assert not (tmp_path / "run").exists()
 
 
@@ -287,6 +309,47 @@ def test_second_signal_stops_at_once(tmp_path):
   assert "stopping at once" in err and "Traceback" not in err
 
 
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_multi_host_sigterm_stops_every_host_at_one_step(tmp_path):
+  """Two ``--distributed`` processes; SIGTERM reaches process 1 only. JAX's
+  preemption service makes both stop at the same step, after saving it."""
+  workdir = str(tmp_path / "run")
+  port = _free_port()
+  logs = [tempfile.TemporaryFile("w+") for _ in range(2)]
+  procs = [subprocess.Popen(
+      [sys.executable, "launch.py", *SMOKE, "--config.num_steps=300",
+       "--config.checkpoint.every_steps=1000", f"--workdir={workdir}",
+       "--distributed", f"--coordinator_address=localhost:{port}",
+       "--num_processes=2", f"--process_id={i}", "--cpu_devices=2"],
+      cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+      for i, log in enumerate(logs)]
+  try:
+    _wait_for_step(procs[0], workdir, 4)
+    procs[1].send_signal(signal.SIGTERM)
+    for proc in procs:
+      proc.wait(timeout=300)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  outs = []
+  for log in logs:
+    log.seek(0)
+    outs.append(log.read())
+  assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2, outs[1][-3000:]
+  lines = [[ln for ln in out.splitlines() if ln.startswith("preempted at")]
+           for out in outs]
+  assert len(lines[0]) == 1 and lines[0] == lines[1], outs
+  step = int(lines[0][0].split()[3].rstrip(";"))
+  assert 4 <= step < 300
+  assert checkpoint.load(workdir)["step"] == step
+
+
 # --- one run per workdir --------------------------------------------------
 
 def test_second_launch_into_a_running_workdir_is_refused(tmp_path):
@@ -392,3 +455,37 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path,
   # Space freed, the same command resumes from step 3 and finishes.
   assert tasks.run(_smoke_config(), workdir)["steps"] == 6
   assert checkpoint.load(workdir)["step"] == 6
+
+
+# --- slow: kills at random moments ----------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_ten_random_stops_end_bit_identical(tmp_path, sig):
+  """Ten stops at random moments of one run that saves every 2 steps (so
+  some land during asynchronous saves, or during start-up and evaluation),
+  each followed by the same command: the final state equals an
+  uninterrupted run's bit for bit."""
+  import random
+  args = ["--config=configs/at.py:pgd_at,smoke", "--config.progress_bar=false",
+          "--config.num_steps=40", "--config.checkpoint.every_steps=2"]
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  assert _launch(*args, f"--workdir={full}").returncode == 0
+  rng = random.Random(int(sig))
+  for _ in range(10):
+    proc = _popen(*args, f"--workdir={cut}")
+    time.sleep(rng.uniform(2.0, 12.0))
+    if proc.poll() is None:
+      proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err, err[-3000:]
+    if sig == signal.SIGTERM:
+      assert proc.returncode in (0, EXIT_PREEMPTED, -signal.SIGTERM), \
+          err[-3000:]
+  result = _launch(*args, f"--workdir={cut}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  a = checkpoint.load(full, with_opt_state=True)
+  b = checkpoint.load(cut, with_opt_state=True)
+  assert a["step"] == b["step"] == 40
+  chex.assert_trees_all_equal(a["params"], b["params"])
+  chex.assert_trees_all_equal(a["opt_state"], b["opt_state"])

@@ -12,8 +12,10 @@ evaluates environment markers (``; sys_platform == "darwin"``) for the
 machine it runs on, not for ``--platform``, so this script first evaluates
 them for the target (with ``packaging``) and hands pip the lines that apply.
 
-Needs the package index (it is not part of the test suite) and a pip recent
-enough for ``--dry-run --report`` (pip >= 23). Prints one line per (file,
+Needs the package index (it is not part of the test suite), a pip recent
+enough for ``--dry-run --report`` (pip >= 23) and ``packaging``.
+Dependencies published as source only (``SOURCE_ONLY``, pure Python) are
+built into wheels first, since ``--platform`` accepts wheels only. Prints one line per (file,
 Python, platform): ``ok`` with the number of packages and the resolved
 versions of the main ones, or ``FAIL`` with pip's reason; exits 1 if any
 fails.
@@ -56,6 +58,10 @@ PLATFORMS = {
                          platform_machine="arm64", os_name="posix")),
 }
 FILES = ("requirements.txt", "requirements-tfds.txt", "requirements-dev.txt")
+# Dependencies published as source only (pure Python: pip builds a wheel for
+# any platform on install). --platform forbids source packages, so the script
+# builds their wheels here first and hands them to pip.
+SOURCE_ONLY = ("promise",)  # of tensorflow-datasets
 # Shown with their resolved versions in each ok line.
 SHOWN = ("jax", "jaxlib", "numpy", "scipy", "tensorstore", "tensorflow",
          "tensorflow-cpu", "tensorflow-datasets", "torch")
@@ -92,8 +98,15 @@ def for_target(lines: list[str], python: str, env: dict[str, str]
   return kept
 
 
-def resolve(lines: list[str], python: str, platform_tags: list[str]
-            ) -> tuple[bool, str]:
+def build_source_only(wheel_dir: str) -> None:
+  """Wheels of ``SOURCE_ONLY`` in ``wheel_dir`` (py3-none-any)."""
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                  "--disable-pip-version-check", "-w", wheel_dir,
+                  *SOURCE_ONLY], check=True)
+
+
+def resolve(lines: list[str], python: str, platform_tags: list[str],
+            wheel_dir: str) -> tuple[bool, str]:
   """Runs pip's resolver; (ok, summary line)."""
   with tempfile.TemporaryDirectory() as tmp:
     req_file = os.path.join(tmp, "requirements.txt")
@@ -105,14 +118,16 @@ def resolve(lines: list[str], python: str, platform_tags: list[str]
            *[f"--platform={tag}" for tag in platform_tags],
            "--python-version", python, "--target",
            os.path.join(tmp, "target"), "--quiet", "--report", report,
-           "--disable-pip-version-check", "-r", req_file]
+           "--disable-pip-version-check", "--find-links", wheel_dir,
+           "-r", req_file]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
       reason = [ln for ln in proc.stderr.splitlines()
                 if ln.startswith("ERROR")] or proc.stderr.splitlines()[-1:]
       return False, " | ".join(reason)[:400]
     with open(report) as f:
-      installed = {i["metadata"]["name"].lower(): i["metadata"]["version"]
+      installed = {i["metadata"]["name"].lower().replace("_", "-"):
+                   i["metadata"]["version"]
                    for i in json.load(f)["install"]}
   shown = " ".join(f"{n}=={installed[n]}" for n in SHOWN if n in installed)
   return True, f"{len(installed)} packages: {shown}"
@@ -126,12 +141,15 @@ def main() -> int:
                       choices=list(PLATFORMS))
   args = parser.parse_args()
   failed = 0
+  wheel_dir = tempfile.mkdtemp(prefix="source-only-wheels-")
+  build_source_only(wheel_dir)
   for name in args.files:
     lines = requirement_lines(os.path.join(ROOT, name))
     for python in args.python:
       for platform in args.platform:
         tags, env = PLATFORMS[platform]
-        ok, summary = resolve(for_target(lines, python, env), python, tags)
+        ok, summary = resolve(for_target(lines, python, env), python, tags,
+                              wheel_dir)
         failed += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name:24} py{python} "
               f"{platform:14} {summary}", flush=True)

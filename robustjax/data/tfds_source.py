@@ -9,8 +9,9 @@ class-mixed.
 
 A dataset that is not prepared in ``data_dir`` is downloaded by TFDS, which
 retries for minutes when the network is unreachable; ``load_tfds_builder``
-checks first that a download host answers and otherwise fails at once with
-how to prepare the data.
+reads prepared data without the network and, when there is none, checks
+that a download host answers before TFDS downloads, failing at once with
+how to prepare the data otherwise.
 """
 
 from __future__ import annotations
@@ -82,25 +83,31 @@ def load_tfds_builder(tfds_name: str, split: str,
     ) from None
 
   data_dir = os.fspath(data_dir) if data_dir is not None else None
-  try:
-    prepared = tfds.builder(tfds_name, data_dir=data_dir).is_prepared()
-  except Exception:  # noqa: BLE001 - tfds.load below reports it in full
-    prepared = True
-  if not prepared and not network_reachable():
-    where = data_dir or "~/tensorflow_datasets"
-    raise ConfigError(
-        f"TFDS dataset {tfds_name!r} is not prepared in {where} and the "
-        f"network is unreachable, so TFDS cannot download it; prepare it on "
-        f"a machine with network (`tfds build {tfds_name} --data_dir=DIR`), "
-        f"copy DIR here and pass --config.dataset.data_dir=DIR, or use "
-        f"source='embedded' for cifar10")
-  try:
+
+  def load(download: bool) -> list:
     ds = tfds.load(tfds_name, split=split, data_dir=data_dir,
-                   as_supervised=True, shuffle_files=False)
+                   as_supervised=True, shuffle_files=False, download=download)
     # Fixed-size chunks rather than batch_size=-1: under
     # tfds.testing.mock_data that path aborted the whole process (C++
     # std::length_error in get_single_element), which no except can catch.
-    chunks = list(tfds.as_numpy(ds.batch(_CHUNK)))
+    return list(tfds.as_numpy(ds.batch(_CHUNK)))
+
+  try:
+    try:
+      chunks = load(download=False)  # prepared data needs no network
+    except Exception:  # noqa: BLE001 - not prepared, among others
+      if not network_reachable():
+        where = data_dir or "~/tensorflow_datasets"
+        raise ConfigError(
+            f"TFDS dataset {tfds_name!r} is not prepared in {where} and the "
+            f"network is unreachable, so TFDS cannot download it; prepare it "
+            f"on a machine with network (`tfds build {tfds_name} "
+            f"--data_dir=DIR`), copy DIR here and pass "
+            f"--config.dataset.data_dir=DIR, or use source='embedded' for "
+            f"cifar10") from None
+      chunks = load(download=True)
+  except ConfigError:
+    raise
   except Exception as e:  # TFDS raises many types (network, not-found, TF)
     detail = " ".join(str(e).split())[:200]
     raise ConfigError(
