@@ -42,6 +42,9 @@ from robustjax.errors import ConfigError
 # OSError from the file system, ValueError from tensorstore and JSON
 # decoding, RuntimeError from orbax's asynchronous machinery.
 _IO_ERRORS = (OSError, ValueError, RuntimeError)
+# Reading: orbax also wraps a failed read of a sharded array in a bare
+# Exception, so every exception of a restore means unreadable files.
+_READ_ERRORS = (Exception,)
 _USE_ANOTHER_STEP = ("use one of them with --config.step=N (step=N for "
                      "checkpoint.load)")
 # The fallback of a training run whose newest checkpoint is damaged.
@@ -135,7 +138,7 @@ class Checkpointer:
       return self._manager.restore(
           step, args=ocp.args.Composite(**{
               STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
-    except _IO_ERRORS as err:
+    except _READ_ERRORS as err:
       raise damaged(os.path.join(self.directory, str(step)), err,
                     RESUME_EARLIER) from None
 
@@ -202,7 +205,7 @@ def _readable(folder: str) -> bool:
     _read_meta_folder(folder)
     _restore_numpy(os.path.join(folder, STATE))
     return True
-  except _IO_ERRORS:
+  except _READ_ERRORS:
     return False
 
 
@@ -238,7 +241,7 @@ def read_meta(path: str, step: int | None = None, *, best: bool = False,
   folder = resolve(path, step, best=best)
   try:
     return _read_meta_folder(folder)
-  except _IO_ERRORS as err:
+  except _READ_ERRORS as err:
     raise damaged(folder, err, fallback, META) from None
 
 
@@ -276,7 +279,7 @@ def load(path: str, step: int | None = None, *, best: bool = False,
   meta = read_meta(folder)
   try:
     restored = _restore_numpy(os.path.join(folder, STATE))
-  except _IO_ERRORS as err:
+  except _READ_ERRORS as err:
     raise damaged(folder, err, _USE_ANOTHER_STEP) from None
   out = {"params": restored["params"],
          "batch_stats": restored.get("batch_stats", {}),

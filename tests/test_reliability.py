@@ -196,6 +196,26 @@ def test_damaged_checkpoint_names_file_and_fallback(trained, tmp_path, how,
   assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.parametrize("how", ["truncated", "bad_json"])
+def test_resuming_from_a_damaged_checkpoint_says_how_to_fall_back(
+    trained, tmp_path, how):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained, workdir)
+  _damage(workdir, how)
+  before = _hashes(workdir)
+  config = _smoke_config()
+  config.num_steps = 12
+  with pytest.raises(ConfigError) as err:
+    tasks.run(config, workdir)
+  message = str(err.value)
+  assert message.startswith(f"checkpoint {workdir}/checkpoints/6 is damaged")
+  assert message.endswith("load (steps 3): to resume from the newest of "
+                          "them, move the damaged folder out of the way and "
+                          "run the same command again")
+  assert "\n" not in message
+  assert _hashes(workdir) == before
+
+
 def test_evaluate_refuses_a_training_workdir(trained):
   before = _hashes(trained)
   result = _launch("--config=configs/evaluate.py:smoke",

@@ -9,16 +9,17 @@ of that kind would (``pip install --dry-run --only-binary=:all: --platform
 ... --python-version ... --target TMP``): every pinned package and every
 dependency must have a wheel for that platform and Python version. pip
 evaluates environment markers (``; sys_platform == "darwin"``) for the
-machine it runs on, not for ``--platform``, so this script first evaluates
-them for the target (with ``packaging``) and hands pip the lines that apply.
+machine it runs on, not for ``--platform``, so this script runs pip with the
+target's marker environment (``_PIP_FOR_TARGET``).
 
 Needs the package index (it is not part of the test suite), a pip recent
-enough for ``--dry-run --report`` (pip >= 23) and ``packaging``.
+enough for ``--dry-run --report`` (pip >= 23; checked with pip 26.3).
 Dependencies published as source only (``SOURCE_ONLY``, pure Python) are
-built into wheels first, since ``--platform`` accepts wheels only. Prints one line per (file,
-Python, platform): ``ok`` with the number of packages and the resolved
-versions of the main ones, or ``FAIL`` with pip's reason; exits 1 if any
-fails.
+built into wheels first, since ``--platform`` accepts wheels only.
+
+Prints one line per (file, Python, platform): ``ok`` with the number of
+packages and the resolved versions of the main ones, or ``FAIL`` with pip's
+reason; exits 1 if any fails.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import os
 import subprocess
 import sys
 import tempfile
-
-from packaging.requirements import Requirement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHONS = ("3.11", "3.12", "3.13")
@@ -67,35 +66,26 @@ SHOWN = ("jax", "jaxlib", "numpy", "scipy", "tensorstore", "tensorflow",
          "tensorflow-cpu", "tensorflow-datasets", "torch")
 
 
-def requirement_lines(path: str) -> list[str]:
-  """The requirement lines of ``path``, ``-r`` includes expanded."""
-  out = []
-  with open(path) as f:
-    for raw in f:
-      line = raw.split(" #", 1)[0].strip()
-      if not line or line.startswith("#"):
-        continue
-      if line.startswith(("-r ", "--requirement ")):
-        out += requirement_lines(os.path.join(os.path.dirname(path),
-                                              line.split(None, 1)[1]))
-      else:
-        out.append(line)
-  return out
+# pip evaluates environment markers (``; sys_platform == "darwin"``, in the
+# files and in every dependency's metadata) for the machine it runs on, not
+# for --platform and --python-version; this runs pip with the marker
+# environment of the target machine instead.
+_PIP_FOR_TARGET = """
+import json, sys
+import pip._vendor.packaging.markers as markers
+target = json.loads(sys.argv[1])
+host = markers.default_environment
+markers.default_environment = lambda: {**host(), **target}
+from pip._internal.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 
-def for_target(lines: list[str], python: str, env: dict[str, str]
-               ) -> list[str]:
-  """The lines whose markers hold on the target, markers dropped."""
-  marker_env = dict(env, python_version=python, python_full_version=
-                    f"{python}.0", implementation_name="cpython",
-                    platform_python_implementation="CPython")
-  kept = []
-  for line in lines:
-    req = Requirement(line)
-    if req.marker is None or req.marker.evaluate(marker_env):
-      req.marker = None
-      kept.append(str(req))
-  return kept
+def marker_environment(python: str, env: dict[str, str]) -> dict[str, str]:
+  """The marker values of a CPython ``python`` machine described by ``env``."""
+  return dict(env, python_version=python, python_full_version=f"{python}.0",
+              implementation_name="cpython",
+              platform_python_implementation="CPython")
 
 
 def build_source_only(wheel_dir: str) -> None:
@@ -105,15 +95,13 @@ def build_source_only(wheel_dir: str) -> None:
                   *SOURCE_ONLY], check=True)
 
 
-def resolve(lines: list[str], python: str, platform_tags: list[str],
-            wheel_dir: str) -> tuple[bool, str]:
-  """Runs pip's resolver; (ok, summary line)."""
+def resolve(req_file: str, python: str, platform_tags: list[str],
+            env: dict[str, str], wheel_dir: str) -> tuple[bool, str]:
+  """Runs pip's resolver for one target; (ok, summary line)."""
   with tempfile.TemporaryDirectory() as tmp:
-    req_file = os.path.join(tmp, "requirements.txt")
-    with open(req_file, "w") as f:
-      f.write("\n".join(lines) + "\n")
     report = os.path.join(tmp, "report.json")
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run",
+    cmd = [sys.executable, "-c", _PIP_FOR_TARGET,
+           json.dumps(marker_environment(python, env)), "install", "--dry-run",
            "--ignore-installed", "--only-binary=:all:",
            *[f"--platform={tag}" for tag in platform_tags],
            "--python-version", python, "--target",
@@ -144,11 +132,10 @@ def main() -> int:
   wheel_dir = tempfile.mkdtemp(prefix="source-only-wheels-")
   build_source_only(wheel_dir)
   for name in args.files:
-    lines = requirement_lines(os.path.join(ROOT, name))
     for python in args.python:
       for platform in args.platform:
         tags, env = PLATFORMS[platform]
-        ok, summary = resolve(for_target(lines, python, env), python, tags,
+        ok, summary = resolve(os.path.join(ROOT, name), python, tags, env,
                               wheel_dir)
         failed += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name:24} py{python} "

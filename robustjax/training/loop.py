@@ -12,7 +12,8 @@ point) the loop finishes the step in flight, writes a checkpoint at that
 step, waits until it is durable and raises ``errors.Preempted``; rerunning
 resumes from that step. A loss that becomes non-finite stops the run with a
 ``ConfigError`` naming the step and the last good checkpoint, after the
-pending saves are durable; no checkpoint of non-finite state is written.
+pending saves are durable; the metrics are checked at every save too, so no
+checkpoint is written at a step whose loss or gradient norm is non-finite.
 """
 
 from __future__ import annotations
@@ -249,7 +250,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                   else stop.requested())
       save = done % ckpt_every == 0 or done == total_steps or stopping
       if done % log_every == 0 or done == total_steps or save:
-        # Also at every save, so that no checkpoint holds non-finite state.
+        # Also at every save: a step with a non-finite loss or gradient
+        # norm is never checkpointed.
         step_metrics = {k: float(v) for k, v in metrics.items()}
         bad = _non_finite(step_metrics)
         if bad:
