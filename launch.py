@@ -124,6 +124,7 @@ def _main(argv: list[str]) -> None:
   from robustjax import compile_cache, console, tasks
   from robustjax.errors import ConfigError
   console.quiet_third_party_info()
+  console.quiet_late_read_callbacks()
   if _COMPILATION_CACHE.value != "":
     try:
       compile_cache.enable(_COMPILATION_CACHE.value
