@@ -108,7 +108,13 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, meta: Mapping[str, Any],
            metrics: Mapping[str, float] | None = None) -> None:
-    """Starts saving ``state`` (a pytree of arrays) and ``meta`` (JSON)."""
+    """Starts saving ``state`` (a pytree of arrays) and ``meta`` (JSON).
+
+    A step the folder already holds is kept as it is: a run killed after the
+    best manager saved step N but before the latest one did resumes from an
+    earlier step and reaches N again, with the same state bit for bit."""
+    if step in self._manager.all_steps():
+      return
     previous, self._pending = self._pending, step
     try:
       self._manager.save(
