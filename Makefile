@@ -4,17 +4,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 # One JAX CPU device per core, the batch split across them (benchmarks/README.md):
 # the largest power of two <= nproc, at most 8, so batches of 128/512 divide evenly.
-CPU_DEVICES ?= $(shell n=$$(nproc); d=1; while [ $$((d * 2)) -le $$n ] && [ $$d -lt 8 ]; do d=$$((d * 2)); done; echo $$d)
+# getconf works on Linux and macOS (which has no nproc).
+CPU_DEVICES ?= $(shell n=$$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1); d=1; while [ $$((d * 2)) -le $$n ] && [ $$d -lt 8 ]; do d=$$((d * 2)); done; echo $$d)
 
-.PHONY: setup setup-dev setup-bench quickstart test test-slow bench clean
+.PHONY: setup setup-dev setup-tfds setup-bench quickstart test test-slow bench clean
 
 $(BIN)/python:
+	@$(PY) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' || \
+	  { echo "error: robustjax needs Python 3.11 to 3.13 and $(PY) is another; run make PY=python3.12 (or 3.11, 3.13)" >&2; exit 2; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=61"
 
 setup: $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+
+# The optional TFDS data sources (dataset.source=tfds): TensorFlow and TFDS.
+setup-tfds: setup
+	$(BIN)/pip install -q -r requirements-tfds.txt
 
 setup-dev: setup
 	$(BIN)/pip install -q -r requirements-dev.txt

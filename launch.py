@@ -2,12 +2,21 @@
 
 Override any config field with ``--config.key=value`` (e.g.
 ``--config.optimizer.lr=0.05``). ``config.task`` picks what runs (``train``,
-``evaluate``, ...); see ``robustjax/tasks/``. Bad input stops with one line on
-stderr and exit code 2, before anything in the workdir is written.
+``evaluate``, ...); see ``robustjax/tasks/``.
+
+Exit codes: 0 done; 2 a failure the user causes or can fix, printed as one
+``error:`` line on stderr (bad input stops before anything in the workdir is
+written); 75 training was stopped by SIGTERM/SIGINT after writing a
+checkpoint (run the same command to resume); 1 a bug in robustjax, printed
+with its traceback and a line saying so.
 """
 
+import errno
+import importlib.util
 import os
+import re
 import sys
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -33,7 +42,7 @@ _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "With --distributed: this process's index in "
     "[0, num_processes) (default: auto-detect).")
 _CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", 0, "Split the host CPU into this many JAX devices and shard "
+    "cpu_devices", 0, lower_bound=0, help="Split the host CPU into this many JAX devices and shard "
     "each batch over them (data parallelism across cores; on a CPU-only "
     "machine one device per core is usually fastest for CIFAR-sized models). "
     "0 keeps JAX's default of one CPU device. No effect on GPU/TPU devices.")
@@ -49,7 +58,48 @@ _YNNPACK_CONVOLUTIONS = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# Errors of the file system that the user fixes (space, quota, permissions),
+# as opposed to a bug; reported as one line.
+_USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                   errno.EPERM, errno.EIO, errno.ENOTDIR)
+
+
+def _fail(message: str, code: int = 2) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
 def main(argv: list[str]) -> None:
+  from robustjax.errors import (EXIT_PREEMPTED, EXIT_USER_ERROR, ConfigError,
+                                Preempted)
+  try:
+    _main(argv)
+  except (ConfigError, app.UsageError) as err:
+    _fail(str(err), EXIT_USER_ERROR)
+  except Preempted as err:
+    print(err, file=sys.stderr, flush=True)
+    sys.exit(EXIT_PREEMPTED)
+  except KeyboardInterrupt:
+    _fail("interrupted (Ctrl-C) outside the training steps; run the same "
+          "command to start again (training resumes from its last "
+          "checkpoint)", 130)
+  except OSError as err:
+    if err.errno not in _USER_OS_ERRORS:
+      _bug()
+    _fail(f"cannot write or read {err.filename or 'a file'}: {err.strerror}; "
+          "free disk space or fix the folder's permissions, then run the same "
+          "command again", EXIT_USER_ERROR)
+  except Exception:  # noqa: BLE001 - anything else is ours to fix
+    _bug()
+
+
+def _bug() -> None:
+  traceback.print_exc()
+  _fail("the traceback above is a bug in robustjax, not a problem with your "
+        "input; please report it with the traceback and the command line", 1)
+
+
+def _main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cluster = {"coordinator_address": _COORDINATOR.value,
@@ -57,9 +107,10 @@ def main(argv: list[str]) -> None:
              "process_id": _PROCESS_ID.value}
   given = [f"--{k}" for k, v in cluster.items() if v is not None]
   if given and not _DISTRIBUTED.value:
-    print(f"error: {', '.join(given)} only apply with --distributed; add "
-          "--distributed or drop them", file=sys.stderr)
-    sys.exit(2)
+    _fail(f"{', '.join(given)} only apply with --distributed; add "
+          "--distributed or drop them")
+  from robustjax import workdir as workdir_lib
+  workdir_lib.check_path(_WORKDIR.value)
   import jax
   if not _YNNPACK_CONVOLUTIONS.value:
     from robustjax import xla_cpu
@@ -73,44 +124,102 @@ def main(argv: list[str]) -> None:
   from robustjax import compile_cache, console, tasks
   from robustjax.errors import ConfigError
   console.quiet_third_party_info()
-  try:
-    if _COMPILATION_CACHE.value != "":
-      try:
-        compile_cache.enable(_COMPILATION_CACHE.value
-                             or compile_cache.DEFAULT_DIR)
-      except OSError as err:
-        raise ConfigError(
-            f"cannot use --compilation_cache={_COMPILATION_CACHE.value}: "
-            f"{err.strerror}; pick a writable folder or pass "
-            "--compilation_cache=''") from err
+  console.quiet_late_read_callbacks()
+  if _COMPILATION_CACHE.value != "":
     try:
-      config = _CONFIG.value
-      config.get("task")  # the config file loads lazily: fail here, clearly
+      compile_cache.enable(_COMPILATION_CACHE.value
+                           or compile_cache.DEFAULT_DIR)
     except OSError as err:
-      raise ConfigError(f"cannot load the config file: {str(err).splitlines()[-1].strip()}") from err
-    report = tasks.run(config, _WORKDIR.value)
-  except ConfigError as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+      raise ConfigError(
+          f"cannot use --compilation_cache={_COMPILATION_CACHE.value}: "
+          f"{err.strerror}; pick a writable folder or pass "
+          "--compilation_cache=''") from err
+  try:
+    config = _CONFIG.value
+    config.get("task")  # the config file loads lazily: fail here, clearly
+  except OSError as err:
+    raise ConfigError(f"cannot load the config file: {str(err).splitlines()[-1].strip()}") from err
+  report = tasks.run(config, _WORKDIR.value)
   summary = {k: v for k, v in report.items() if k.endswith("acc")}
   print("report:", os.path.join(_WORKDIR.value, "report.json"), summary)
 
 
+def _config_file_problem(argv: list[str]) -> str | None:
+  """Why the ``--config`` file itself cannot give a config (a syntax error,
+  no ``get_config``, ``get_config`` raising), as one line; None when it can
+  (or the file is missing, which ``main`` reports)."""
+  values = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+  for i, a in enumerate(argv[1:-1], 1):
+    if a == "--config":
+      values.append(argv[i + 1])
+  if not values:
+    return None
+  path, sep, arg = values[-1].partition(":")
+  if not os.path.isfile(path):
+    return None
+  try:
+    spec = importlib.util.spec_from_file_location("launch_config_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+      return (f"the config file {path} defines no get_config(arg=None); a "
+              "config file returns its ml_collections.ConfigDict from "
+              "get_config (see configs/quickstart.py)")
+    module.get_config(*([arg] if sep else []))
+  except SyntaxError as err:
+    return (f"the config file {path} line {err.lineno}: {err.msg} (Python "
+            "syntax); fix the file")
+  except Exception as err:  # noqa: BLE001 - any error of the user's file
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if os.path.abspath(f.filename) == os.path.abspath(path)]
+    where = f" line {frames[-1].lineno}" if frames else ""
+    detail = " ".join(str(err).split())[:300]
+    call = f"get_config({arg!r})" if sep else "get_config()"
+    return (f"the config file {path}{where}: {call} raised "
+            f"{type(err).__name__}: {detail}; fix the file or its argument")
+  return None
+
+
+def _override_problem(err: Exception, argv: list[str]) -> str:
+  """A failed ``--config.key=value`` as one line (ml_collections raises
+  AttributeError/KeyError for unknown keys, with a "Did you mean" hint on a
+  second line, and TypeError/ValueError for values of the wrong type)."""
+  overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+  inner = err.args[0] if err.args and isinstance(err.args[0], Exception) \
+      else err
+  text = str(inner.args[0]) if inner.args else str(inner)
+  if isinstance(inner, (AttributeError, KeyError)):
+    key = re.match(r"""\s*(?:Key )?["']([^"']+)["']""", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    detail = (f"the config has no key '{key.group(1) if key else text}'"
+              + (f" (did you mean '{hint.group(1)}'?)" if hint else ""))
+  else:
+    detail = " ".join(text.split()).strip("\"' ")
+  return (f"bad config override {' '.join(overrides)}: {detail}; the keys are "
+          "listed in the config file")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, with one-line errors for bad config overrides."""
+  """absl's parser, with one-line errors for bad config files and bad config
+  overrides."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as err:
-    print(f"error: {err}\nusage: python launch.py --config=configs/NAME.py"
+    print(f"error: {err}; usage: python launch.py --config=configs/NAME.py"
           "[:ARG] --workdir=DIR [--config.key=value ...]", file=sys.stderr)
-  except (AttributeError, KeyError, TypeError, ValueError) as err:
-    # ml_collections raises these while applying --config.key=value.
-    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    detail = str(err).strip("\"' ")
-    if isinstance(err, (AttributeError, KeyError)):
-      detail = f"the config has no key {detail!r}"
-    print(f"error: bad config override {' '.join(overrides)}: {detail}; "
-          "the keys are listed in the config file", file=sys.stderr)
+  except Exception as err:  # noqa: BLE001 - sorted out below
+    # ml_collections runs the config file while parsing, so its errors and
+    # those of --config.key=value overrides both arrive here.
+    problem = _config_file_problem(argv)
+    if problem is None and not isinstance(
+        err, (AttributeError, KeyError, TypeError, ValueError)):
+      traceback.print_exc()
+      problem = ("the traceback above is a bug in robustjax, not a problem "
+                 "with your input; please report it")
+      print(f"error: {problem}", file=sys.stderr)
+      sys.exit(1)
+    print(f"error: {problem or _override_problem(err, argv)}",
+          file=sys.stderr)
   sys.exit(2)
 
 

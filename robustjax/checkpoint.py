@@ -19,6 +19,12 @@ In a notebook::
   tree["params"]["stem"]["conv"]["kernel"].shape
 
 ``load`` needs neither the config nor the model class.
+
+Failures are one-line ``ConfigError``s: a save that cannot be written (a
+full disk) names the previous checkpoint, which stays intact; a checkpoint
+whose files are damaged (truncated arrays, metadata that is not JSON) is
+named with the other checkpoints of its folder that do load and how to use
+one of them.
 """
 
 from __future__ import annotations
@@ -31,6 +37,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from robustjax.errors import ConfigError
+
+# What orbax and tensorstore raise for unreadable or unwritable files:
+# OSError from the file system, ValueError from tensorstore and JSON
+# decoding, RuntimeError from orbax's asynchronous machinery.
+_IO_ERRORS = (OSError, ValueError, RuntimeError)
+# Reading: orbax also wraps a failed read of a sharded array in a bare
+# Exception, so every exception of a restore means unreadable files.
+_READ_ERRORS = (Exception,)
+_USE_ANOTHER_STEP = ("use one of them with --config.step=N (step=N for "
+                     "checkpoint.load)")
+# The fallback of a training run whose newest checkpoint is damaged.
+RESUME_EARLIER = ("to resume from the newest of them, move the damaged folder "
+                  "out of the way and run the same command again")
 
 STATE = "state"
 META = "meta"
@@ -71,32 +90,75 @@ class Checkpointer:
             barrier_sync_key_prefix=os.path.basename(self.directory)))
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=(STATE, META))
+    self._pending = -1  # the newest step handed to save
 
   def latest_step(self) -> int | None:
+    """The newest complete step in the folder (None: none yet)."""
     return self._manager.latest_step()
+
+  def _write_failed(self, step: int, err: BaseException) -> ConfigError:
+    """The one-line error for a save that could not be written."""
+    steps = [s for s in _step_dirs(self.directory) if s != step]
+    kept = (f"the previous checkpoint (step {steps[-1]}) is intact"
+            if steps else "no earlier checkpoint exists")
+    return ConfigError(
+        f"could not write the checkpoint of step {step} in {self.directory} "
+        f"({_one_line(err)}); {kept}: free disk space (or fix the folder) and "
+        "run the same command to resume")
 
   def save(self, step: int, state: Any, meta: Mapping[str, Any],
            metrics: Mapping[str, float] | None = None) -> None:
-    """Starts saving ``state`` (a pytree of arrays) and ``meta`` (JSON)."""
-    self._manager.save(
-        step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardSave(state),
-            META: ocp.args.JsonSave(dict(meta))}),
-        metrics=dict(metrics) if metrics is not None else None, force=True)
+    """Starts saving ``state`` (a pytree of arrays) and ``meta`` (JSON).
+
+    A step the folder already holds is kept as it is: a run killed after the
+    best manager saved step N but before the latest one did resumes from an
+    earlier step and reaches N again, with the same state bit for bit."""
+    if step in self._manager.all_steps():
+      return
+    previous, self._pending = self._pending, step
+    try:
+      self._manager.save(
+          step, args=ocp.args.Composite(**{
+              STATE: ocp.args.StandardSave(state),
+              META: ocp.args.JsonSave(dict(meta))}),
+          metrics=dict(metrics) if metrics is not None else None, force=True)
+    except _IO_ERRORS as err:
+      # orbax finishes the previous asynchronous save before it starts
+      # this one, so that save's failure surfaces here.
+      failed = previous if 0 <= previous != self.latest_step() else step
+      raise self._write_failed(failed, err) from err
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether every host reached JAX's preemption sync point at ``step``
+    (multi-process runs; see ``robustjax.preemption``)."""
+    return self._manager.reached_preemption(step)
 
   def restore(self, abstract_state: Any, step: int | None = None) -> Any:
     """Restores the state at ``step`` (default newest) onto the shardings of
-    ``abstract_state`` (a pytree of ``jax.ShapeDtypeStruct`` with shardings)."""
+    ``abstract_state`` (a pytree of ``jax.ShapeDtypeStruct`` with shardings).
+
+    Raises ConfigError naming the damaged folder, and the checkpoints that
+    load, when its files cannot be read."""
     step = self.latest_step() if step is None else step
-    return self._manager.restore(
-        step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
+    try:
+      return self._manager.restore(
+          step, args=ocp.args.Composite(**{
+              STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
+    except _READ_ERRORS as err:
+      raise damaged(os.path.join(self.directory, str(step)), err,
+                    RESUME_EARLIER) from None
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until the pending saves are durable (ConfigError if one could
+    not be written)."""
+    try:
+      self._manager.wait_until_finished()
+    except _IO_ERRORS as err:
+      raise self._write_failed(self._pending, err) from err
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the pending saves and releases orbax's resources."""
+    self.wait()
     self._manager.close()
 
 
@@ -137,12 +199,56 @@ def resolve(path: str, step: int | None = None, *, best: bool = False) -> str:
   return os.path.join(root, str(step))
 
 
-def read_meta(path: str, step: int | None = None, *, best: bool = False
-              ) -> dict[str, Any]:
-  """The JSON metadata saved with a checkpoint (model spec, config, ...)."""
-  folder = resolve(path, step, best=best)
+def _one_line(err: BaseException) -> str:
+  """``Type: first line of the message``, at most 200 characters."""
+  lines = str(err).strip().splitlines()
+  return f"{type(err).__name__}: {(lines[0] if lines else '')[:300]}"
+
+
+def _readable(folder: str) -> bool:
+  """Whether a step folder's meta and arrays load."""
+  try:
+    _read_meta_folder(folder)
+    _restore_numpy(os.path.join(folder, STATE))
+    return True
+  except _READ_ERRORS:
+    return False
+
+
+def damaged(folder: str, err: BaseException, fallback: str,
+            item: str = STATE) -> ConfigError:
+  """The one-line error for the step folder ``folder`` whose ``item``
+  (``state``: the arrays, ``meta``: the JSON) could not be read: which files
+  and why, which other checkpoints of its parent load (each is read to
+  check), and ``fallback``: how to use one of them."""
+  root = os.path.dirname(folder)
+  others = [s for s in _step_dirs(root) if str(s) != os.path.basename(folder)
+            and _readable(os.path.join(root, str(s)))]
+  intact = (f"the other checkpoints in {root} load (steps "
+            f"{', '.join(map(str, others))}): {fallback}" if others else
+            f"no other checkpoint in {root} loads")
+  what = ("its arrays" if item == STATE else "its metadata") + \
+      f" ({os.path.join(folder, item)})"
+  return ConfigError(f"checkpoint {folder} is damaged: {what} cannot be read "
+                     f"({_one_line(err)}); {intact}")
+
+
+def _read_meta_folder(folder: str) -> dict[str, Any]:
   return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
       os.path.join(folder, META))
+
+
+def read_meta(path: str, step: int | None = None, *, best: bool = False,
+              fallback: str = _USE_ANOTHER_STEP) -> dict[str, Any]:
+  """The JSON metadata saved with a checkpoint (model spec, config, ...).
+
+  Raises ConfigError when there is none or it is damaged (``fallback``: the
+  message's advice on using another checkpoint)."""
+  folder = resolve(path, step, best=best)
+  try:
+    return _read_meta_folder(folder)
+  except _READ_ERRORS as err:
+    raise damaged(folder, err, fallback, META) from None
 
 
 def _restore_numpy(item_dir: str) -> Any:
@@ -176,11 +282,14 @@ def load(path: str, step: int | None = None, *, best: bool = False,
     of shape [3, 3, 3, C]).
   """
   folder = resolve(path, step, best=best)
-  restored = _restore_numpy(os.path.join(folder, STATE))
+  meta = read_meta(folder)
+  try:
+    restored = _restore_numpy(os.path.join(folder, STATE))
+  except _READ_ERRORS as err:
+    raise damaged(folder, err, _USE_ANOTHER_STEP) from None
   out = {"params": restored["params"],
          "batch_stats": restored.get("batch_stats", {}),
-         "step": int(restored["step"]),
-         "meta": read_meta(folder)}
+         "step": int(restored["step"]), "meta": meta}
   if with_opt_state:
     out["opt_state"] = restored["opt_state"]
   return out

@@ -1,6 +1,7 @@
 """Console hygiene for entry points (launch.py, experiment scripts)."""
 
 import logging as std_logging
+import sys
 
 from absl import logging
 
@@ -13,3 +14,22 @@ def quiet_third_party_info() -> None:
   logging.get_absl_handler().addFilter(
       lambda record: record.levelno >= std_logging.WARNING
       or "site-packages" not in record.pathname)
+
+
+def quiet_late_read_callbacks() -> None:
+  """Keeps tensorstore's late callbacks off stderr: when a checkpoint read
+  fails (a damaged file), orbax closes its event loop while tensorstore still
+  completes the other reads of that restore, and each completion's callback
+  raises ``RuntimeError('Event loop is closed')`` in a tensorstore thread,
+  which reports it through ``sys.unraisablehook`` as a bare traceback. The
+  failed read's own error already became the one-line message; every other
+  unraisable exception is still reported."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable) -> None:
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook

@@ -18,6 +18,8 @@
 Each module has ``run(config, workdir) -> report``: it validates the
 config (nothing is written before that passes), calls the library with
 plain arguments, writes ``WORKDIR/report.json`` and returns the report.
+``run`` holds the workdir while a task runs (``robustjax.workdir``): one run
+per workdir, and a task never writes over another task's outputs.
 ``common.py`` holds what the checkpoint-reading tasks share. A task defined
 elsewhere joins with ``@register("name")``.
 """
@@ -34,6 +36,10 @@ TaskFn = Callable[[Any, str], dict[str, Any]]
 _REGISTERED: dict[str, TaskFn] = {}
 # Modules of this package that are not tasks.
 _HELPERS = ("common",)
+# Tasks that resume from the checkpoints in their own workdir: they accept a
+# workdir with outputs but no task.json (the training loop then checks that
+# its checkpoints are of the same model).
+_RESUMING = ("train", "rws_finetune")
 
 
 def register(name: str) -> Callable[[TaskFn], TaskFn]:
@@ -63,5 +69,10 @@ def get(name: str) -> TaskFn:
 
 
 def run(config: Any, workdir: str) -> dict[str, Any]:
-  """Runs ``config.task`` (default ``train``) in ``workdir``."""
-  return get(str(config.get("task", "train")))(config, workdir)
+  """Runs ``config.task`` (default ``train``) in ``workdir``, holding the
+  workdir meanwhile (``robustjax.workdir.hold``)."""
+  from robustjax import workdir as workdir_lib  # local: keeps imports light
+  name = str(config.get("task", "train"))
+  fn = get(name)
+  with workdir_lib.hold(workdir, name, adopt_unmarked=name in _RESUMING):
+    return fn(config, workdir)

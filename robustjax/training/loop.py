@@ -6,6 +6,14 @@ model, data and optimizer, resume from ``WORKDIR/checkpoints`` if a
 checkpoint is there (refusing one of a different model), train with periodic
 logging, evaluation and checkpoints, then evaluate on the test split and
 write ``WORKDIR/report.json``.
+
+On SIGTERM or SIGINT (or, in a multi-process run, at JAX's preemption sync
+point) the loop finishes the step in flight, writes a checkpoint at that
+step, waits until it is durable and raises ``errors.Preempted``; rerunning
+resumes from that step. A loss that becomes non-finite stops the run with a
+``ConfigError`` naming the step and the last good checkpoint, after the
+pending saves are durable; the metrics are checked at every save too, so no
+checkpoint is written at a step whose loss or gradient norm is non-finite.
 """
 
 from __future__ import annotations
@@ -20,9 +28,9 @@ import numpy as np
 from absl import logging
 
 from robustjax import (attacks, checkpoint, data, evaluation, models,
-                       sharding)
+                       preemption, sharding)
 from robustjax.data import corrupted
-from robustjax.errors import ConfigError
+from robustjax.errors import ConfigError, Preempted
 from robustjax.metrics import MetricWriter, write_report
 from robustjax.training import objectives, optimizer, step as step_lib
 
@@ -86,13 +94,25 @@ def _check_same_model(meta: dict[str, Any], spec: dict[str, Any],
         f"asks for {spec}; use a new --workdir (or delete the old one)")
 
 
-def _check_finite(metrics: dict[str, float], step: int) -> None:
-  bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-  if bad:
-    raise FloatingPointError(
-        f"{', '.join(bad)} became non-finite at step {step}; lower "
-        "config.optimizer.lr or check the data (the last good checkpoint is "
-        "kept)")
+def _non_finite(metrics: dict[str, float]) -> list[str]:
+  return [k for k, v in metrics.items() if not np.isfinite(v)]
+
+
+def _diverged(bad: list[str], step: int, config: Any,
+              ckpt: checkpoint.Checkpointer) -> ConfigError:
+  """The one-line error for a non-finite loss, once pending saves are
+  durable: the step, the last good checkpoint and what to change."""
+  ckpt.wait()
+  last = ckpt.latest_step()
+  where = (f"the last good checkpoint is step {last} "
+           f"({os.path.join(ckpt.directory, str(last))}), from which the same "
+           "command resumes" if last is not None else
+           "no checkpoint was written before it")
+  return ConfigError(
+      f"{', '.join(bad)} became non-finite (NaN or inf) at step {step}; "
+      f"{where}: lower the learning rate (--config.optimizer.lr="
+      f"{float(config.optimizer.lr):g} now) or check the data and the "
+      "objective's settings")
 
 
 def validate(config: Any) -> None:
@@ -152,7 +172,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
   ckpt_dir = os.path.join(workdir, checkpoint.LATEST_DIR)
   if checkpoint.has_checkpoint(ckpt_dir):
-    _check_same_model(checkpoint.read_meta(workdir), spec, workdir)
+    _check_same_model(checkpoint.read_meta(
+        workdir, fallback=checkpoint.RESUME_EARLIER), spec, workdir)
 
   root_key = jax.random.key(int(config.seed))
   # Three streams (init, train, one reserved): the split is part of a run's
@@ -219,23 +240,44 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   ckpt_every = int(ckpt_cfg.every_steps)
   progress = _progress(start_step, total_steps, config)
   last_metrics = None
-  for step, batch in batches.iterate(start_step, total_steps - start_step):
-    state, metrics = train_step(state, batch, train_key)
-    done = step + 1
-    if done % log_every == 0 or done == total_steps:
-      last_metrics = {k: float(v) for k, v in metrics.items()}
-      _check_finite(last_metrics, done)
-      writer.write(done, {f"train/{k}": v for k, v in last_metrics.items()})
-      progress.set_postfix({k: f"{v:.3g}" for k, v in last_metrics.items()
-                            if k in ("loss", "accuracy", "adv_accuracy")})
-    progress.update(1)
-    if eval_every and (done % eval_every == 0 or done == total_steps):
-      result = run_eval(done)
-      if best is not None:
-        best.save(done, state.to_dict(), meta,
-                  metrics={best_metric: result[best_metric]})
-    if done % ckpt_every == 0 or done == total_steps:
-      ckpt.save(done, state.to_dict(), meta)
+  multi_process = jax.process_count() > 1
+  with preemption.StopRequests(multi_process) as stop:
+    for step, batch in batches.iterate(start_step, total_steps - start_step):
+      state, metrics = train_step(state, batch, train_key)
+      done = step + 1
+      # Every host must reach the same answer at the same step: a local
+      # signal in one process, JAX's preemption sync point across several.
+      stopping = (ckpt.reached_preemption(done) if multi_process
+                  else stop.requested())
+      save = done % ckpt_every == 0 or done == total_steps or stopping
+      if done % log_every == 0 or done == total_steps or save:
+        # Also at every save: a step with a non-finite loss or gradient
+        # norm is never checkpointed.
+        step_metrics = {k: float(v) for k, v in metrics.items()}
+        bad = _non_finite(step_metrics)
+        if bad:
+          progress.close()
+          raise _diverged(bad, done, config, ckpt)
+      if done % log_every == 0 or done == total_steps:
+        last_metrics = step_metrics
+        writer.write(done, {f"train/{k}": v for k, v in last_metrics.items()})
+        progress.set_postfix({k: f"{v:.3g}" for k, v in last_metrics.items()
+                              if k in ("loss", "accuracy", "adv_accuracy")})
+      progress.update(1)
+      if eval_every and (done % eval_every == 0 or done == total_steps):
+        result = run_eval(done)
+        if best is not None:
+          best.save(done, state.to_dict(), meta,
+                    metrics={best_metric: result[best_metric]})
+      if save:
+        ckpt.save(done, state.to_dict(), meta)
+      if stopping and done < total_steps:
+        progress.close()
+        ckpt.close()
+        if best is not None:
+          best.close()
+        writer.close()
+        raise Preempted(done)
   progress.close()
   ckpt.close()
   if best is not None:
