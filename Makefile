@@ -7,6 +7,15 @@ BIN := $(VENV)/bin
 # getconf works on Linux and macOS (which has no nproc).
 CPU_DEVICES ?= $(shell n=$$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1); d=1; while [ $$((d * 2)) -le $$n ] && [ $$d -lt 8 ]; do d=$$((d * 2)); done; echo $$d)
 
+# Packages installed without their declared dependencies (requirements-nodeps.txt).
+# torchattacks's wheel also carries an older copy of robustbench's files, so
+# robustbench is reinstalled last, on its own, for its own files to win
+# (tests/test_interop.py reads its model zoo source).
+define install_nodeps
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install -q --no-deps --force-reinstall $$(grep '^robustbench==' requirements-nodeps.txt)
+endef
+
 .PHONY: setup setup-dev setup-tfds setup-bench quickstart test test-slow bench clean
 
 $(BIN)/python:
@@ -25,11 +34,11 @@ setup-tfds: setup
 
 setup-dev: setup
 	$(BIN)/pip install -q -r requirements-dev.txt
-	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	$(install_nodeps)
 
 setup-bench: setup
 	$(BIN)/pip install -q -r requirements-bench.txt
-	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	$(install_nodeps)
 
 quickstart: setup
 	$(BIN)/python launch.py --config=configs/quickstart.py --workdir=workdirs/quickstart --cpu_devices=$(CPU_DEVICES)
