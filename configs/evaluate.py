@@ -22,6 +22,10 @@ attack, eps, num_examples (and ood_acc, ood_by_corruption, ood_list, ...).
   python launch.py --config=configs/evaluate.py:steps=0,ood=rift18 \
       --config.checkpoint_path=workdirs/quickstart --workdir=workdirs/eval_ood
 
+``--config.eval.chunk_size=K`` runs the attack's steps as compiled chunks
+of K (default 5; 0 compiles every step into one program: slower to
+compile, the same per-point results).
+
 ``--config.ood.source=tfds --config.ood.data_dir=DIR`` reads the official
 CIFAR-10-C files (TFDS ``cifar10_corrupted``) instead of generating them.
 The checkpoint names its own model: no model config is needed.
@@ -36,8 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, attack="pgd", steps=-1, restarts=1, n=0,
                           eps=8.0, ood="none", sev="12345")
   c = common.checkpoint_task("evaluate", best=bool(args.get("best", False)))
+  # chunk_size: attack steps per compiled chunk (evaluation.make_eval_step;
+  # 0 = every step in one program); 5 is evaluation.DEFAULT_CHUNK_SIZE.
   c.eval = dict(num_examples=int(args["n"]), batch_size=512,
-                attack=_attack(args))
+                attack=_attack(args), chunk_size=5)
   c.ood = dict(corruptions=args["ood"],
                severities=tuple(int(d) for d in str(args["sev"])),
                source="generated", data_dir="",

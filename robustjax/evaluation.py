@@ -24,55 +24,130 @@ from absl import logging
 
 from robustjax import attacks, data, sharding
 from robustjax.attacks import Attack
+from robustjax.attacks import iterative as it
 from robustjax.data import corrupted
 from robustjax.data import corruptions as corruptions_lib
 from robustjax.errors import ConfigError
 
-def make_eval_step(model, attack: Attack, mesh) -> data.Step:
-  """A jitted ``(variables, batch, key) -> {clean, adv, count, clean_loss,
-  adv_loss}`` of masked sums.
+# Iterations per compiled chunk of an attack in evaluation: one program of
+# this many unrolled steps serves every chunk of every batch (measured in
+# benchmarks/README.md, "Chunked evaluation").
+DEFAULT_CHUNK_SIZE = 5
+
+
+def _accuracy_sums(logits_fn, x, y, mask, x_adv) -> dict[str, jax.Array]:
+  """Masked sums of correct predictions and cross-entropy, clean and at
+  ``x_adv`` (None: the clean pass stands for both)."""
+  logits = logits_fn(x)
+  clean_ok = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+  clean_loss = attacks.cross_entropy(logits, y)
+  adv_ok, adv_loss = clean_ok, clean_loss
+  if x_adv is not None:
+    adv_logits = logits_fn(x_adv)
+    # A point wrong on clean input counts as broken whatever the attack did.
+    adv_ok = (jnp.argmax(adv_logits, -1) == y).astype(jnp.float32) * clean_ok
+    adv_loss = attacks.cross_entropy(adv_logits, y)
+  return {"clean": jnp.sum(clean_ok * mask), "adv": jnp.sum(adv_ok * mask),
+          "count": jnp.sum(mask), "clean_loss": jnp.sum(clean_loss * mask),
+          "adv_loss": jnp.sum(adv_loss * mask)}
+
+
+def make_eval_step(model, attack: Attack, mesh, *,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> data.Step:
+  """A ``(variables, batch, key) -> {clean, adv, count, clean_loss,
+  adv_loss}`` step of masked sums, compiled.
 
   ``adv`` counts points still correct after ``attack`` (equal to ``clean``
   for the ``none`` attack); the losses are cross-entropy sums at the clean
   and the attacked points (the weight-space curves use them). The attack
   runs with BatchNorm in inference mode, each example keyed by
   ``fold_in(key, batch["index"])``.
+
+  An attack with a chunked form (``Attack.chunked``: ``pgd``, ``apgd-ce``,
+  ``apgd-dlr``) and more than ``chunk_size`` iterations runs as compiled
+  chunks of at most ``chunk_size`` unrolled iterations, called in turn
+  (``_ChunkedEvalStep``): compile and trace time no longer grow with the
+  number of steps, and the per-point results are those of the one-program
+  form. ``chunk_size=0`` compiles every iteration into one program.
   """
+  chunked = None if attack.is_identity or chunk_size <= 0 else (
+      attack.chunked())
+  if chunked is not None:
+    plan = it.chunk_plan(chunked.steps, chunk_size)
+    if len(plan) > 1:
+      return _ChunkedEvalStep(model, chunked, plan, mesh)
 
   def step(variables, batch, key):
     x = data.to_float(batch["image"])
-    y = batch["label"]
-    mask = batch["mask"].astype(jnp.float32)
     logits_fn = lambda z: model.apply(variables, z, train=False)  # noqa: E731
-    logits = logits_fn(x)
-    clean_ok = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-    clean_loss = attacks.cross_entropy(logits, y)
-    adv_ok, adv_loss = clean_ok, clean_loss
+    x_adv = None
     if not attack.is_identity:
-      x_adv = attack(logits_fn, x, y, data.example_keys(key, batch["index"]))
-      adv_logits = logits_fn(x_adv)
-      # A point wrong on clean input counts as broken whatever the attack did.
-      adv_ok = (jnp.argmax(adv_logits, -1) == y).astype(jnp.float32) * clean_ok
-      adv_loss = attacks.cross_entropy(adv_logits, y)
-    return {"clean": jnp.sum(clean_ok * mask), "adv": jnp.sum(adv_ok * mask),
-            "count": jnp.sum(mask), "clean_loss": jnp.sum(clean_loss * mask),
-            "adv_loss": jnp.sum(adv_loss * mask)}
+      x_adv = attack(logits_fn, x, batch["label"],
+                     data.example_keys(key, batch["index"]))
+    return _accuracy_sums(logits_fn, x, batch["label"],
+                          batch["mask"].astype(jnp.float32), x_adv)
 
   return data.compile_step(step, mesh)
+
+
+class _ChunkedEvalStep:
+  """The evaluation step of an attack run in compiled chunks: ``init``
+  (the start), ``chunk`` (``count`` unrolled iterations from a traced
+  ``start``, one program for every chunk) and ``finish`` (the accuracy
+  sums), each jitted over the mesh like ``data.compile_step``."""
+
+  def __init__(self, model, chunked, plan: list[tuple[int, int]], mesh):
+    self.plan = plan
+    count = plan[0][1]
+    rep, bat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+
+    def unpack(variables, batch, key):
+      logits_fn = lambda z: model.apply(variables, z, train=False)  # noqa: E731
+      keys = None if key is None else data.example_keys(key, batch["index"])
+      return logits_fn, data.to_float(batch["image"]), batch["label"], keys
+
+    def init(variables, batch, key):
+      return chunked.init(*unpack(variables, batch, key))
+
+    def chunk(variables, batch, key, state, start):
+      step = chunked.make_step(*unpack(variables, batch, key))
+      return it.run_steps(step, state, start, count)
+
+    def finish(variables, batch, state):
+      logits_fn, x, y, _ = unpack(variables, batch, None)
+      return _accuracy_sums(logits_fn, x, y,
+                            batch["mask"].astype(jnp.float32),
+                            chunked.output(state, x))
+
+    self.init = jax.jit(init, in_shardings=(rep, bat, rep),
+                        out_shardings=bat)
+    self.chunk = jax.jit(chunk, in_shardings=(rep, bat, rep, bat, rep),
+                         out_shardings=bat, donate_argnums=(3,))
+    self.finish = jax.jit(finish, in_shardings=(rep, bat, bat),
+                          out_shardings=rep)
+
+  def __call__(self, variables, batch, key) -> dict[str, jax.Array]:
+    state = self.init(variables, batch, key)
+    for start, _ in self.plan:
+      state = self.chunk(variables, batch, key, state, np.int32(start))
+    return self.finish(variables, batch, state)
 
 
 def evaluate(model, variables: Any, split: data.ArraySplit, mesh, *,
              attack: Attack, batch_size: int, num_examples: int | None = None,
              seed: int = 0, eval_step: data.Step | None = None,
-             with_losses: bool = False) -> dict[str, Any]:
+             with_losses: bool = False,
+             chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, Any]:
   """Clean and adversarial accuracy on the first ``num_examples`` points.
 
   Returns ``{"clean_acc", "adv_acc", "attack", "num_examples"}``
   (accuracies are fractions, ``attack`` the attack's label, e.g.
   ``pgd20``); ``with_losses`` adds ``clean_loss`` and ``adv_loss`` (mean
-  cross-entropy). ``eval_step`` reuses a step from ``make_eval_step``.
+  cross-entropy). ``eval_step`` reuses a step from ``make_eval_step``;
+  otherwise one is made with ``chunk_size`` (see ``make_eval_step``).
   """
-  eval_step = eval_step or make_eval_step(model, attack, mesh)
+  eval_step = eval_step or make_eval_step(model, attack, mesh,
+                                          chunk_size=chunk_size)
   sums = data.sum_batches(eval_step, variables, split, mesh,
                      batch_size=batch_size, num_examples=num_examples,
                      key=jax.random.key(seed))

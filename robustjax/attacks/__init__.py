@@ -10,7 +10,9 @@ attack and its parameters (``{"name": "apgd-ce", "eps": 8/255}``) and
 ``build`` returns a callable ``Attack``. Registered: ``none``, ``pgd``,
 ``fgsm`` (``pgd.py``), ``apgd-ce``, ``apgd-dlr``, ``apgd-t`` (``apgd.py``),
 ``fab-t`` (``fab.py``) and ``square`` (``square.py``). AutoAttack's cascade
-(``autoattack.py``) runs the chunked forms of the last five.
+(``autoattack.py``) runs the stepwise forms of the last five; evaluation
+runs ``pgd`` and the untargeted APGDs in compiled chunks
+(``Attack.chunked``).
 """
 
 from robustjax.attacks import apgd, fab, square  # noqa: F401  (registers)

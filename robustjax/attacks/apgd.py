@@ -320,7 +320,7 @@ def _finish(state: it.State, x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _apgd_stepwise(loss: str) -> Callable[..., registry.Stepwise]:
-  """The chunked form of APGD with ``loss`` for AutoAttack's driver."""
+  """The stepwise form of APGD with ``loss`` for AutoAttack's driver."""
   targeted = loss == "dlr-targeted"
 
   def build(*, eps, norm, steps, restarts, rho, eot_iter,
@@ -341,13 +341,41 @@ def _apgd_stepwise(loss: str) -> Callable[..., registry.Stepwise]:
   return build
 
 
+def _apgd_chunked(loss: str) -> Callable[..., registry.Chunked | None]:
+  """Untargeted APGD with ``loss`` as init / step / output, for
+  evaluation's compiled chunks: restart 0 of ``apgd``, from the same keys.
+  None with ``restarts > 1`` (it then runs as one program)."""
+
+  def build(*, eps, norm, steps, restarts, rho, eot_iter
+            ) -> registry.Chunked | None:
+    if restarts != 1:
+      return None
+    kwargs = dict(eps=eps, norm=norm, loss=loss, eot_iter=eot_iter)
+
+    def keyed(logits_fn):
+      return lambda z, k: logits_fn(z)
+
+    def init(logits_fn, x, y, keys):
+      return init_state(keyed(logits_fn), x, y, it.fold_in_each(keys, 0),
+                        **kwargs)
+
+    def make_step_(logits_fn, x, y, keys):
+      return make_step(keyed(logits_fn), x, y, it.fold_in_each(keys, 0),
+                       steps=steps, rho=rho, **kwargs)
+
+    return registry.Chunked(init, make_step_,
+                            lambda state, x: _finish(state, x)[0], steps)
+  return build
+
+
 def _label(name: str) -> Callable[[dict], str]:
   return lambda p: f"{name}{int(p['steps'])}"
 
 
 def _register_untargeted(name: str, loss: str) -> None:
   @registry.register(name, defaults=_APGD_DEFAULTS, label=_label(name),
-                     check=_check_apgd, stepwise=_apgd_stepwise(loss))
+                     check=_check_apgd, stepwise=_apgd_stepwise(loss),
+                     chunked=_apgd_chunked(loss))
   def attack(logits_fn, x, y, key, *, eps, norm, steps, restarts, rho,
              eot_iter):
     return apgd(logits_fn, x, y, key=key, eps=eps, norm=norm, steps=steps,

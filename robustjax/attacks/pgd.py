@@ -220,12 +220,21 @@ def projected_gradient_ascent(objective_fn: ObjectiveFn,
   x = checks.check_images(x)
 
   x_adv = _initial_point(x, key, eps, norm, init, init_scale)
-  grad_fn = jax.grad(lambda z: jnp.sum(objective_fn(z)))
   for _ in range(steps):  # unrolled on purpose, see the module docstring
-    g = grad_fn(x_adv)
-    x_adv = _project(x_adv + step_size * _ascent_direction(g, norm), x, eps,
-                     norm)
+    x_adv = _ascent_step(objective_fn, x_adv, x, eps, step_size, norm)
   return jax.lax.stop_gradient(x_adv.astype(x.dtype))
+
+
+def _ascent_step(objective_fn: ObjectiveFn, x_adv: jax.Array, x: jax.Array,
+                 eps: float, step_size: float, norm: str) -> jax.Array:
+  """One iteration of the engine: a steepest-ascent step, then projection.
+
+  The one place the step is written, so the unrolled attack and its
+  chunked form (``_pgd_chunked``) take the same steps.
+  """
+  g = jax.grad(lambda z: jnp.sum(objective_fn(z)))(x_adv)
+  return _project(x_adv + step_size * _ascent_direction(g, norm), x, eps,
+                  norm)
 
 
 # ---------------------------------------------------------------------------
@@ -429,10 +438,55 @@ def _pgd_label(p: dict[str, Any]) -> str:
   return f"pgd{int(p['steps'])}" + (f"x{restarts}" if restarts > 1 else "")
 
 
+def _pgd_chunked(*, eps: float, step_size: float, steps: int,
+                 restarts: int, norm: str, loss: str, start: str
+                 ) -> registry.Chunked | None:
+  """``pgd`` by name as init / step / output, for evaluation's compiled
+  chunks: the same start from the same keys and the same steps as
+  ``pgd_attack``. None with ``restarts > 1`` (that keeps the best restart,
+  which needs every run: it runs as one program)."""
+  if restarts != 1:
+    return None
+  inner_maximisation = loss == "kl" or start == "normal"
+
+  def objective(logits_fn, x, y, state):
+    if loss == "kl":
+      return lambda z: kl_divergence(state["clean"], logits_fn(z))
+    label_objective = _label_objective(loss, y, False, None)
+    return lambda z: label_objective(logits_fn(z))
+
+  def init(logits_fn, x, y, keys):
+    state = {}
+    if loss == "kl":
+      state["clean"] = jax.lax.stop_gradient(logits_fn(x))
+    # pgd_attack hands the TRADES / MART maximisation its key as given and
+    # pgd() folds in the restart number (0) first.
+    if not inner_maximisation and keys is not None:
+      keys = _fold_in(keys, 0, _is_per_example(keys, x))
+    state["x_adv"] = _initial_point(x, keys, eps, norm, start,
+                                    TRADES_INIT_SCALE)
+    return state
+
+  def make_step(logits_fn, x, y, keys):
+    del keys  # only the start is random
+
+    def step(state, i):
+      del i
+      x_adv = _ascent_step(objective(logits_fn, x, y, state),
+                           state["x_adv"], x, eps, step_size, norm)
+      return dict(state, x_adv=x_adv)
+    return step
+
+  def output(state, x):
+    return jax.lax.stop_gradient(state["x_adv"].astype(x.dtype))
+
+  return registry.Chunked(init, make_step, output, steps)
+
+
 @registry.register(
     "pgd", defaults=dict(eps=8 / 255, step_size=2 / 255, steps=10,
                          restarts=1, norm="linf", loss="ce", start="uniform"),
-    label=_pgd_label, check=_check_pgd)
+    label=_pgd_label, check=_check_pgd, chunked=_pgd_chunked)
 def pgd_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
                key: jax.Array | None, *, eps: float, step_size: float,
                steps: int, restarts: int, norm: str, loss: str,

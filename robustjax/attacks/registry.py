@@ -73,6 +73,30 @@ class Stepwise:
 
 
 @dataclasses.dataclass(frozen=True)
+class Chunked:
+  """An attack as ``init`` / ``step`` / ``output``, for evaluation, which
+  runs its iterations in compiled chunks of a few unrolled steps (one
+  program per chunk size, reused for every chunk) instead of one program
+  holding every step.
+
+  The functions reproduce the attack function exactly: the same start from
+  the same per-example keys, the same steps in the same order.
+
+  init: ``(logits_fn, x, y, keys) -> state``, ``logits_fn(x [B, ...]) ->
+    [B, K]`` in inference mode, ``keys [B]`` one PRNG key per example;
+    ``state`` is a dict of ``[B, ...]`` arrays.
+  make_step: ``(logits_fn, x, y, keys) -> step(state, i) -> state``.
+  output: ``(state, x) -> x_adv [B, ...]``.
+  steps: iterations to run.
+  """
+  init: Callable[..., dict[str, Any]]
+  make_step: Callable[..., Callable[[dict[str, Any], jax.Array],
+                                    dict[str, Any]]]
+  output: Callable[[dict[str, Any], jax.Array], jax.Array]
+  steps: int
+
+
+@dataclasses.dataclass(frozen=True)
 class AttackDef:
   """A registered attack: its function, parameters and defaults."""
   name: str
@@ -82,6 +106,8 @@ class AttackDef:
   check: Callable[[Mapping[str, Any]], None] | None = None
   # (params) -> Stepwise, for attacks AutoAttack's cascade can run.
   stepwise: Callable[..., Stepwise] | None = None
+  # (params) -> Chunked or None, for attacks evaluation can run in chunks.
+  chunked: Callable[..., Chunked | None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +148,20 @@ class Attack:
     return self.name == NONE
 
   def stepwise(self) -> Stepwise:
-    """The chunked form, for attacks that have one (ConfigError if not)."""
+    """The stepwise form AutoAttack's driver runs, for attacks that have
+    one (ConfigError if not)."""
     if self.definition.stepwise is None:
       raise ConfigError(f"attack '{self.name}' has no chunked form; "
                         f"AutoAttack can run {', '.join(stepwise_attacks())}")
     return self.definition.stepwise(**dict(self.params))
+
+  def chunked(self) -> Chunked | None:
+    """The form evaluation runs in compiled chunks, or None where this
+    attack (with these parameters) has none: it then runs as one
+    program."""
+    if self.definition.chunked is None:
+      return None
+    return self.definition.chunked(**dict(self.params))
 
   def to_dict(self) -> dict[str, Any]:
     """The mapping ``build`` takes back: ``{"name": ..., **params}``."""
@@ -140,7 +175,8 @@ _REGISTRY: dict[str, AttackDef] = {}
 def register(name: str, *, defaults: Mapping[str, Any],
              label: LabelFn | None = None,
              check: Callable[[Mapping[str, Any]], None] | None = None,
-             stepwise: Callable[..., Stepwise] | None = None
+             stepwise: Callable[..., Stepwise] | None = None,
+             chunked: Callable[..., Chunked | None] | None = None
              ) -> Callable[[AttackFn], AttackFn]:
   """Decorator adding an attack function to the registry under ``name``.
 
@@ -152,6 +188,8 @@ def register(name: str, *, defaults: Mapping[str, Any],
     check: ``params -> None``, raising ``ConfigError`` for bad values
       before anything is traced.
     stepwise: ``(**params) -> Stepwise``, if a chunked driver can run it.
+    chunked: ``(**params) -> Chunked | None``, if evaluation can run it in
+      compiled chunks (None for parameters it cannot).
   """
   def decorator(fn: AttackFn) -> AttackFn:
     # Two modules claiming one name is a programming error, not bad input.
@@ -159,7 +197,7 @@ def register(name: str, *, defaults: Mapping[str, Any],
       raise ValueError(f"attack {name!r} is registered twice")
     _REGISTRY[name] = AttackDef(name, fn, dict(defaults),
                                 label or (lambda params: name), check,
-                                stepwise)
+                                stepwise, chunked)
     return fn
   return decorator
 
@@ -179,7 +217,7 @@ def defaults(name: str) -> dict[str, Any]:
 
 
 def stepwise_attacks() -> list[str]:
-  """The attacks with a chunked form (AutoAttack's building blocks)."""
+  """The attacks with a stepwise form (AutoAttack's building blocks)."""
   return sorted(n for n, d in _REGISTRY.items() if d.stepwise is not None)
 
 
