@@ -104,6 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  help="test points for evaluate (comma-separated)")
   p.add_argument("--aa-n", default="500",
                  help="test points for autoattack (comma-separated)")
+  p.add_argument("--eval-chunk-size", type=int, default=-1,
+                 help="the evaluate task's --config.eval.chunk_size (attack "
+                      "steps per compiled chunk; 0 = one program); -1 keeps "
+                      "configs/evaluate.py's default")
   p.add_argument("--train-steps", type=int, default=50)
   p.add_argument("--reps", type=int, default=1)
   p.add_argument("--cpu-devices", type=int, default=2,
@@ -463,7 +467,9 @@ def main(argv: list[str] | None = None) -> None:
           jobs.append((f"evaluate-{name}-{n}",
                        f"configs/evaluate.py:steps=20,n={n}",
                        [f"--config.checkpoint_path={weights[name][0]}",
-                        f"--config.eval.batch_size={batch}"],
+                        f"--config.eval.batch_size={batch}"] + (
+                            [f"--config.eval.chunk_size={args.eval_chunk_size}"]
+                            if args.eval_chunk_size >= 0 else []),
                        ["evaluate", f"--weights={weights[name][1]}",
                         f"--n={n}", f"--batch={batch}"]))
     elif workload == "autoattack":
