@@ -38,7 +38,10 @@ def _run(cache_dir: str, filelock: str = "filelock") -> list[str]:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("filelock", ["filelock", "no-filelock"])
+# Without filelock (slow: the default run has filelock, requirements.txt)
+# the cache still works, with no size limit.
+@pytest.mark.parametrize("filelock", [
+    "filelock", pytest.param("no-filelock", marks=pytest.mark.slow)])
 def test_second_process_hits_the_cache(tmp_path, filelock):
   cache_dir = str(tmp_path / "xla")
   first = _run(cache_dir, filelock)

@@ -86,6 +86,10 @@ def test_import_writes_a_checkpoint_of_the_same_network(torch_wrn, imported):
   assert np.max(np.abs(ours - theirs)) <= 1e-5 * np.max(np.abs(theirs))
 
 
+# Slow: the autoattack task's end-to-end test (tests/test_autoattack.py) runs
+# by default; this one adds only that an imported workdir is accepted, which
+# the RiFT test below also shows.
+@pytest.mark.slow
 def test_autoattack_on_the_import(imported, tmp_path):
   result = _launch("--config=configs/autoattack.py:smoke,n=16",
                    f"--config.checkpoint_path={imported}",

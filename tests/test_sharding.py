@@ -366,6 +366,9 @@ def test_fsdp_loop_resume_equals_uninterrupted_run(tmp_path):
     chex.assert_trees_all_equal(a[key], b[key])
 
 
+# Slow: tests/test_multihost.py runs hybrid fsdp end to end against dp by
+# default (two processes, fsdp_size=2).
+@pytest.mark.slow
 def test_hybrid_fsdp_loop_matches_dp(tmp_path):
   """train_and_evaluate with strategy=fsdp, fsdp_size=4 on 8 devices (a
   2 x 4 mesh) trains, evaluates and checkpoints like the dp run."""
