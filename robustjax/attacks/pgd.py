@@ -438,6 +438,17 @@ def _pgd_label(p: dict[str, Any]) -> str:
   return f"pgd{int(p['steps'])}" + (f"x{restarts}" if restarts > 1 else "")
 
 
+def _named_objective(logits_fn: LogitsFn, loss: str, y: jax.Array,
+                     clean: jax.Array | None) -> ObjectiveFn:
+  """The per-example objective ``pgd`` by name maximises: for
+  ``loss='kl'`` ``KL(clean || f(z))`` from the clean logits ``clean``
+  ``[B, C]``, else the untargeted label loss of ``y`` ``[B]``."""
+  if loss == "kl":
+    return lambda z: kl_divergence(clean, logits_fn(z))
+  label_objective = _label_objective(loss, y, False, None)
+  return lambda z: label_objective(logits_fn(z))
+
+
 def _pgd_chunked(*, eps: float, step_size: float, steps: int,
                  restarts: int, norm: str, loss: str, start: str
                  ) -> registry.Chunked | None:
@@ -448,12 +459,6 @@ def _pgd_chunked(*, eps: float, step_size: float, steps: int,
   if restarts != 1:
     return None
   inner_maximisation = loss == "kl" or start == "normal"
-
-  def objective(logits_fn, x, y, state):
-    if loss == "kl":
-      return lambda z: kl_divergence(state["clean"], logits_fn(z))
-    label_objective = _label_objective(loss, y, False, None)
-    return lambda z: label_objective(logits_fn(z))
 
   def init(logits_fn, x, y, keys):
     state = {}
@@ -472,8 +477,9 @@ def _pgd_chunked(*, eps: float, step_size: float, steps: int,
 
     def step(state, i):
       del i
-      x_adv = _ascent_step(objective(logits_fn, x, y, state),
-                           state["x_adv"], x, eps, step_size, norm)
+      objective = _named_objective(logits_fn, loss, y, state.get("clean"))
+      x_adv = _ascent_step(objective, state["x_adv"], x, eps, step_size,
+                           norm)
       return dict(state, x_adv=x_adv)
     return step
 
@@ -497,13 +503,9 @@ def pgd_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array,
   prediction, label-free: TRADES's inner maximisation."""
   if loss == "kl" or start == "normal":
     # The TRADES / MART inner maximisation: one run from the key as given.
-    if loss == "kl":
-      clean = jax.lax.stop_gradient(logits_fn(x))
-      objective = lambda z: kl_divergence(clean, logits_fn(z))  # noqa: E731
-    else:
-      label_objective = _label_objective(loss, checks.check_labels("y", y, x),
-                                         False, None)
-      objective = lambda z: label_objective(logits_fn(z))  # noqa: E731
+    clean = jax.lax.stop_gradient(logits_fn(x)) if loss == "kl" else None
+    objective = _named_objective(logits_fn, loss,
+                                 checks.check_labels("y", y, x), clean)
     return projected_gradient_ascent(objective, x, key=key, eps=eps,
                                      step_size=step_size, steps=steps,
                                      norm=norm, init=start)
