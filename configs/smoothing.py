@@ -54,7 +54,7 @@ def _evaluation(c, args, smoke: bool) -> None:
   variants share them."""
   c.num_examples = 32 if smoke else int(args["n"])
   c.batch_size = 32 if smoke else 500
-  c.chunk_size = 10
+  c.chunk_size = 5
   aa_attacks = "apgd-ce,apgd-t" if args["aa"] == "ce_t" else ""
   c.autoattack = dict(
       enabled=True, version="custom" if aa_attacks else "standard",

@@ -355,6 +355,29 @@ def test_cascade_invariants_and_same_result_for_any_batch_and_devices(
   np.testing.assert_array_equal(pred == y, one.robust)
 
 
+@pytest.mark.parametrize("batch_size, n_devices", [(500, 2), (512, 1),
+                                                    (64, 8)])
+def test_batch_plan_pads_little_and_keeps_the_shapes_few(batch_size,
+                                                         n_devices):
+  sizes = set()
+  for remaining in range(1, 2 * batch_size + 1):
+    batches, size = aa._batch_plan(remaining, batch_size, n_devices)
+    sizes.add(size)
+    assert size % n_devices == 0 and size <= batch_size
+    assert (batches - 1) * size < remaining <= batches * size
+    assert batches == -(-remaining // batch_size)  # as few as fit
+    # Padding: under a quarter of the points (and of the rounding to whole
+    # points per device) once a device holds >= 4; fewer are not rounded.
+    per_device = -(-remaining // (batches * n_devices))
+    if per_device >= 4:
+      assert batches * size < 1.25 * (remaining + batches * n_devices), (
+          remaining, batches, size)
+  # Four shapes per doubling of the batch: a shrinking cascade recompiles
+  # its attacks a handful of times, not once per point count.
+  doublings = int(np.log2(batch_size // n_devices)) + 1
+  assert len(sizes) <= 4 * doublings, sorted(sizes)
+
+
 def test_l2_cascade_keeps_every_point_in_the_l2_ball(trained):
   model, variables, x, y = trained
   eps = 0.25

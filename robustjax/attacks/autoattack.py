@@ -26,11 +26,14 @@ Versions (the reference's hyper-parameters):
   ``custom``    any list of ``apgd-ce``, ``apgd-dlr``, ``apgd-t``,
                 ``fab-t``, ``square``
 
-The cascade runs on the host over fixed-size padded batches of the points
-still robust (one compiled program per attack and batch size, the batch
-sharded over the mesh). Every random number is drawn from
-``fold_in(attack_key, example_index)``, so the result does not depend on the
-batch size or the number of devices (up to float summation order).
+The cascade runs on the host over padded batches of the points still robust,
+their sizes taken from a coarse ladder (padding under a quarter of the
+points, few distinct shapes: ``_batch_plan``), one compiled program per
+attack and batch size, the batch sharded over the mesh; each attack's
+iterations run as compiled chunks of ``chunk_size`` unrolled steps. Every
+random number is drawn from ``fold_in(attack_key, example_index)``, so the
+result does not depend on the batch size or the number of devices (up to
+float summation order).
 
 Randomised models (``config.randomised``: version ``rand``, or
 ``eot_iter > 1``) are called one example at a time under ``vmap``
@@ -70,6 +73,10 @@ VERSIONS = {
 }
 # How far outside the ball a returned point may lie: float rounding only.
 BALL_TOLERANCE = 1e-5
+# Iterations per compiled chunk. Of 5 and 10 (25 for Square), 5 compiled the
+# standard cascade in half the time and ran it no slower on XLA:CPU
+# (benchmarks/README.md, "AutoAttack: chunks and padding").
+DEFAULT_CHUNK_SIZE = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +252,7 @@ def _build(name: str, cfg: AutoAttackConfig, apply_fn: ApplyFn, mesh,
     step = sw.make_step(model(variables), x, y, target, keys)
     return it.run_steps(step, state, start, count)
 
-  plan = it.chunk_plan(sw.steps, max(chunk_size, sw.min_chunk))
+  plan = it.chunk_plan(sw.steps, chunk_size)
   count = plan[0][1]
   compiled = _Compiled(
       mesh, init,
@@ -254,20 +261,41 @@ def _build(name: str, cfg: AutoAttackConfig, apply_fn: ApplyFn, mesh,
   return compiled, plan, sw
 
 
-def _batch_size_for(remaining: int, batch_size: int, n_devices: int) -> int:
-  """``n_devices * 2^k`` points per batch, just enough for ``remaining``.
+def _round_up_coarse(count: int, bits: int = 3) -> int:
+  """``count`` rounded up to ``bits`` significant binary digits.
 
-  Capped at ``batch_size``. Few distinct sizes keep recompiles rare, and
-  shrinking keeps the last attacks of the cascade (on few robust points)
-  from computing mostly on padding.
+  The values form a ladder with ``2 ** (bits - 1)`` steps per doubling (for
+  3 bits: ..., 16, 20, 24, 28, 32, 40, 48, 56, 64, ...), so rounding up pads
+  by less than a quarter of ``count`` while the number of distinct values,
+  and so of compiled batch shapes, stays small.
   """
-  per_device = -(-remaining // n_devices)
-  return min(batch_size, n_devices * (1 << max(per_device - 1, 0).bit_length()))
+  shift = max(count.bit_length() - bits, 0)
+  return -(-count >> shift) << shift
+
+
+def _batch_plan(remaining: int, batch_size: int, n_devices: int
+                ) -> tuple[int, int]:
+  """``(batches, size)``: ``remaining`` points in ``batches`` padded batches
+  of ``size`` points each.
+
+  The points are split into as few batches as ``batch_size`` allows, of
+  equal share, and each share is padded up to a multiple of ``n_devices``
+  whose per-device part lies on the ladder of ``_round_up_coarse``. A
+  compiled program's cost grows with its batch and PyTorch's reference runs
+  exactly the points still robust, so padding is kept under a quarter of
+  the points (powers of two would pad up to a half); the ladder keeps the
+  shapes, and so the recompiles, few as the cascade shrinks.
+  """
+  batches = -(-remaining // batch_size)
+  per_device = -(-remaining // (batches * n_devices))
+  size = min(batch_size, n_devices * _round_up_coarse(per_device))
+  return -(-remaining // size), size
 
 
 def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
                    labels: np.ndarray, config: AutoAttackConfig, *,
-                   mesh=None, batch_size: int = 500, chunk_size: int = 10,
+                   mesh=None, batch_size: int = 500,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE,
                    indices: np.ndarray | None = None,
                    on_attack: Callable[[dict[str, Any]], None] | None = None
                    ) -> AutoAttackResult:
@@ -283,8 +311,9 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
     labels: ``[N]`` int labels.
     config: an ``AutoAttackConfig`` (``config_for(version, ...)``).
     mesh: the device mesh (default: every device).
-    batch_size: points per compiled batch; a multiple of the device count.
-    chunk_size: iterations unrolled per compiled call.
+    batch_size: the most points per compiled batch; a multiple of the
+      device count.
+    chunk_size: iterations unrolled per compiled call (every attack).
     indices: ``[N]`` each point's index in its dataset (keys the per-point
       randomness of the attacks and, for a randomised model, of every
       forward pass); default ``arange(N)``.
@@ -348,7 +377,7 @@ def run_autoattack(apply_fn: ApplyFn, variables: Any, images: np.ndarray,
       key = jax.random.fold_in(jax.random.fold_in(root, position), run_id)
       check_key = jax.random.fold_in(jax.random.fold_in(
           forward_root, position + 1), run_id)
-      size = _batch_size_for(todo.size, batch_size, n_dev)
+      _, size = _batch_plan(todo.size, batch_size, n_dev)
       for lo in range(0, todo.size, size):
         rows = todo[lo:lo + size]
         pad = np.concatenate([rows, np.full(size - rows.size, rows[0])])

@@ -57,7 +57,6 @@ class Stepwise:
     untargeted attacks ignore it).
   restarts: independent runs of an untargeted attack (each from its own
     keys, on the points the earlier runs left robust).
-  min_chunk: the fewest iterations worth one compiled call.
   still_robust: ``state -> [B] bool`` where the attack has not yet
     succeeded, if the driver may stop early once none is left; else None.
   """
@@ -68,7 +67,6 @@ class Stepwise:
   steps: int
   targeted: bool = False
   restarts: int = 1
-  min_chunk: int = 1
   still_robust: Callable[[dict[str, Any]], jax.Array] | None = None
 
 

@@ -374,9 +374,8 @@ def _square_stepwise(*, eps, norm, n_queries, p_init) -> registry.Stepwise:
     robust = state["margin"] > 0.0
     return it.where_b(robust, x, state["x_best"]), robust
 
-  # One forward pass per query: cheap steps, so long chunks; a batch whose
-  # points are all broken stops early.
-  return registry.Stepwise(init, step, finish, n_queries, min_chunk=25,
+  # A batch whose points are all broken stops early.
+  return registry.Stepwise(init, step, finish, n_queries,
                            still_robust=lambda state: state["margin"] > 0.0)
 
 

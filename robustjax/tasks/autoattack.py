@@ -55,7 +55,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
       lambda v, x, k: model.apply(v, x, train=False), ckpt.variables,
       ckpt.split.images[:n], ckpt.split.labels[:n], aa_config,
       mesh=common.mesh_of(config), batch_size=int(config.batch_size),
-      chunk_size=int(config.get("chunk_size", 10)), on_attack=progress)
+      chunk_size=int(config.get("chunk_size",
+                                autoattack.DEFAULT_CHUNK_SIZE)),
+      on_attack=progress)
   logging.info("%s: clean %.2f%% | autoattack %.2f%% (n=%d)",
                config.checkpoint_path, 100 * result.clean_acc,
                100 * result.robust_acc, n)

@@ -21,6 +21,7 @@ from typing import Any
 
 from absl import logging
 
+from robustjax.attacks.autoattack import DEFAULT_CHUNK_SIZE
 from robustjax.errors import ConfigError
 from robustjax.metrics import write_points, write_report
 from robustjax.smoothing import evaluate as smoothing_eval
@@ -51,7 +52,7 @@ def evaluator(mixed, std, rob, config: Any, aa, transfer, **kwargs):
           f"{transfer.label}_rob": (sources["rob"], transfer)},
       batch_size=int(config.batch_size), num_examples=std.num_examples,
       seed=int(config.get("seed", 0)),
-      chunk_size=int(config.get("chunk_size", 10)),
+      chunk_size=int(config.get("chunk_size", DEFAULT_CHUNK_SIZE)),
       rob_scale=float(mixed.rob_scale), log=logging.info, **kwargs)
 
 
