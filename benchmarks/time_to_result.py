@@ -216,7 +216,8 @@ def jax_worker(launch_argv: list[str]) -> None:
     finally:
       stamps["task_end"] = time.time() - t0
       result = {k: v for k, v in report.items()
-                if k.endswith("acc") or k == "robust_acc_after"}
+                if k.endswith("acc") or k in ("robust_acc_after",
+                                              "by_attack")}
       print("TTR " + json.dumps(dict(stamps=stamps, phases=phases,
                                      events=events, counts=counts,
                                      result=result), default=str),

@@ -73,9 +73,9 @@ VERSIONS = {
 }
 # How far outside the ball a returned point may lie: float rounding only.
 BALL_TOLERANCE = 1e-5
-# Iterations per compiled chunk. Of 5 and 10 (25 for Square), 5 compiled the
-# standard cascade in half the time and ran it no slower on XLA:CPU
-# (benchmarks/README.md, "AutoAttack: chunks and padding").
+# Iterations per compiled chunk, every attack. 5 compiles the standard cascade
+# faster than 10 on XLA:CPU; the compute of the two was within run-to-run
+# spread (benchmarks/README.md, "AutoAttack's cascade: chunks and padding").
 DEFAULT_CHUNK_SIZE = 5
 
 
