@@ -36,7 +36,12 @@ nn = torch.nn
 from robustbench_reference import architecture_file, randomise  # noqa: E402
 
 LOGIT_RTOL = 1e-5
-GRAD_RTOL = 1e-4
+# The input gradient is looser than the logits: a ReLU whose input lies within
+# float rounding of zero can fall on either side in the two libraries'
+# summation orders, which moves the gradient by up to a few 1e-3 of its
+# largest entry (3.3e-3 measured on an AVX2 host, 1e-4 on an AVX-512 one).
+# A conversion error shows in the logits, far above LOGIT_RTOL.
+GRAD_RTOL = 1e-2
 
 
 @pytest.fixture(scope="module")
