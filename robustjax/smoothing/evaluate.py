@@ -83,7 +83,8 @@ def make_evaluator(mixture, split: data.ArraySplit, mesh, *,
                    autoattack_config: autoattack.AutoAttackConfig | None,
                    transfer: Mapping[str, tuple[LogitsFn, Attack]],
                    batch_size: int, num_examples: int, seed: int = 0,
-                   chunk_size: int = autoattack.DEFAULT_CHUNK_SIZE, rob_scale: float = 1.0,
+                   chunk_size: int = autoattack.DEFAULT_CHUNK_SIZE,
+                   rob_scale: float = 1.0,
                    certify_alpha: float | None = None,
                    log: Callable[[str], None] | None = None) -> EvalFn:
   """``eval_fn(variables) -> metrics`` of ``mixture`` on the first
