@@ -43,11 +43,16 @@ setup-bench: setup
 quickstart: setup
 	$(BIN)/python launch.py --config=configs/quickstart.py --workdir=workdirs/quickstart --cpu_devices=$(CPU_DEVICES)
 
+# The tests run with glibc's huge pages for XLA:CPU's large buffers, as
+# launch.py restarts itself with (robustjax/host_memory.py); the user's own
+# GLIBC_TUNABLES are kept, and systems without glibc ignore the variable.
+WITH_HUGE_PAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
+
 test: setup-dev
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(WITH_HUGE_PAGES) $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 test-slow: setup-dev
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m slow
+	$(WITH_HUGE_PAGES) $(BIN)/python -m pytest -q -n 2 --dist loadgroup -m slow
 
 bench: setup-bench
 	$(BIN)/python benchmarks/run.py

@@ -69,6 +69,14 @@ Phases reported per process (seconds):
 On a warm run ``compile`` is not zero: tracing and lowering are not cached,
 only XLA's compilation is read back.
 
+Allocators: the robustjax side runs ``launch.py`` as a user does, so
+``--host_allocator`` (``--host-allocator``, default ``auto``) restarts it
+with tcmalloc where the system has it, else glibc's huge pages
+(robustjax/host_memory.py); every robustjax run records the ``LD_PRELOAD``
+and ``GLIBC_TUNABLES`` it ran with. The PyTorch script runs with the
+system's malloc unless ``--torch-preload`` names a library to preload
+(``ld_preload`` in its runs).
+
 Writes ``benchmarks/results/time_to_result.json`` (``--quick``:
 ``time_to_result_quick.json``) with the machine, the load average before and
 after every process, every run's phases and the medians (rewritten after
@@ -112,6 +120,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--reps", type=int, default=1)
   p.add_argument("--cpu-devices", type=int, default=2,
                  help="launch.py --cpu_devices (make quickstart's choice)")
+  p.add_argument("--host-allocator", default="auto",
+                 choices=("auto", "tcmalloc", "hugetlb", "system"),
+                 help="launch.py --host_allocator (robustjax/host_memory.py); "
+                      "each run records the allocator it ran with")
+  p.add_argument("--torch-preload", default="",
+                 help="LD_PRELOAD of the PyTorch processes, e.g. "
+                      "libtcmalloc_minimal.so.4 to give them the allocator "
+                      "robustjax's --host-allocator picks (default: none, "
+                      "as a user runs a script)")
   p.add_argument("--ckpt-root", default=str(ROOT / "workdirs" / "ttr"))
   p.add_argument("--ckpt-steps", type=int, default=40)
   p.add_argument("--quick", action="store_true",
@@ -218,9 +235,12 @@ def jax_worker(launch_argv: list[str]) -> None:
       result = {k: v for k, v in report.items()
                 if k.endswith("acc") or k in ("robust_acc_after",
                                               "by_attack")}
+      allocator = {k: os.environ.get(k, "")
+                   for k in ("LD_PRELOAD", "GLIBC_TUNABLES")}
       print("TTR " + json.dumps(dict(stamps=stamps, phases=phases,
                                      events=events, counts=counts,
-                                     result=result), default=str),
+                                     result=result, allocator=allocator),
+                                default=str),
             flush=True)
 
   tasks.run = timed_run
@@ -295,7 +315,8 @@ def launch_cmd(args: argparse.Namespace, config: str, workdir: str,
   return [sys.executable, str(Path(__file__).resolve()), "--jax-worker",
           f"--config={config}", f"--workdir={workdir}",
           f"--compilation_cache={cache}",
-          f"--cpu_devices={args.cpu_devices}", *extra]
+          f"--cpu_devices={args.cpu_devices}",
+          f"--host_allocator={args.host_allocator}", *extra]
 
 
 # ---------------------------------------------------------------------------
@@ -394,8 +415,11 @@ def measure(args: argparse.Namespace, label: str, jax_config: str,
       if side == "pytorch":
         cmd = [sys.executable, str(ROOT / "benchmarks" / "ttr_torch.py"),
                *torch_argv, f"--workdir={workdir}"]
-        run = run_process(cmd, env, log)
+        torch_env = dict(env, LD_PRELOAD=args.torch_preload) if (
+            args.torch_preload) else env
+        run = run_process(cmd, torch_env, log)
         run["phases"] = torch_phases(run)
+        run["ld_preload"] = args.torch_preload
       else:
         cmd = launch_cmd(args, jax_config, str(workdir), str(cache),
                          jax_extra)
