@@ -385,7 +385,10 @@ class JaxEval(JaxRunner):
         {"params": st.params, "batch_stats": st.batch_stats}, mesh)
     self.batch = eval_batch(batch_np, mesh)
     self.key = sharding.put_replicated(jax.random.key(seed + 2), mesh)
-    step = evaluation.make_eval_step(setup["model"], attack, mesh)
+    # One program (chunk_size=0), so that XLA's cost analysis counts one
+    # call's FLOPs; the chunked form's speed is chunked_eval.py's subject.
+    step = evaluation.make_eval_step(setup["model"], attack, mesh,
+                                     chunk_size=0)
     self.compiled, self.compile_s = compile_timed(
         step, self.variables, self.batch, self.key)
     self.num_devices = mesh.devices.size
