@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from results_io import utc_now, write_json  # noqa: E402
 from robustjax import host_memory  # noqa: E402
-from time_to_result import machine  # noqa: E402
+from time_to_result import machine, time_process  # noqa: E402
 
 HUGETLB = "glibc.malloc.hugetlb=1"
 
@@ -100,16 +98,10 @@ def allocator_env(name: str, args: argparse.Namespace) -> dict[str, str]:
   return env
 
 
-def run_once(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+def run_once(cmd: list[str], env: dict[str, str], log: Path
+             ) -> dict[str, Any]:
   """One process: wall seconds and its ``wait4`` resource usage."""
-  start = time.time()
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT)
-  output = proc.stdout.read()
-  _, status, usage = os.wait4(proc.pid, 0)
-  wall = time.time() - start
-  if status != 0:
-    sys.exit(f"{' '.join(cmd)} failed:\n{output.decode()[-3000:]}")
+  wall, usage = time_process(cmd, env, log)
   return {"wall": round(wall, 2), "user": round(usage.ru_utime, 2),
           "sys": round(usage.ru_stime, 2), "minflt": usage.ru_minflt,
           "maxrss_mb": round(usage.ru_maxrss / 1024)}
@@ -131,11 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[dict[str, Any]]] = {a: [] for a in allocators}
     for rep in range(-1, args.reps):  # rep -1 fills the compilation cache
       for allocator in allocators:
+        name = f"wd-{workload}-{allocator}-{rep}"
         cmd = [sys.executable, "launch.py", *workload_args(workload, args),
-               f"--workdir={tmp / f'wd-{workload}-{allocator}-{rep}'}",
+               f"--workdir={tmp / name}",
                f"--compilation_cache={cache}",
                f"--cpu_devices={args.cpu_devices}", "--host_allocator=system"]
-        run = run_once(cmd, allocator_env(allocator, args))
+        run = run_once(cmd, allocator_env(allocator, args),
+                       tmp / f"{name}.log")
         if rep >= 0:
           runs[allocator].append(run)
           print(f"{workload} {allocator} rep {rep}: {run}", flush=True)

@@ -262,21 +262,29 @@ def compile_seconds(events: dict[str, float]) -> float:
 # Running processes.
 
 
-def run_process(cmd: list[str], env: dict[str, str], log: Path
-                ) -> dict[str, Any]:
-  """Runs ``cmd`` as a fresh process; its wall time, its TTR line, the load."""
-  load_before = os.getloadavg()
-  env = dict(env, TTR_T0=repr(time.time()))
+def time_process(cmd: list[str], env: dict[str, str], log: Path
+                 ) -> tuple[float, Any]:
+  """Runs ``cmd`` as a fresh process, stdout to ``log`` and stderr to
+  ``log.stderr``; its wall seconds and ``wait4`` resource usage. Exits with
+  the end of its stderr if it fails."""
   with open(log, "w") as out, open(f"{log}.stderr", "w") as err:
     start = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err)
     _, status, usage = os.wait4(proc.pid, 0)
     total = time.time() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-  stdout = log.read_text()
-  if proc.returncode != 0:
-    raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n"
+  code = os.waitstatus_to_exitcode(status)
+  if code != 0:
+    raise SystemExit(f"failed ({code}): {' '.join(cmd)}\n"
                      f"{Path(f'{log}.stderr').read_text()[-3000:]}")
+  return total, usage
+
+
+def run_process(cmd: list[str], env: dict[str, str], log: Path
+                ) -> dict[str, Any]:
+  """Runs ``cmd`` as a fresh process; its wall time, its TTR line, the load."""
+  load_before = os.getloadavg()
+  total, usage = time_process(cmd, dict(env, TTR_T0=repr(time.time())), log)
+  stdout = log.read_text()
   line = [ln for ln in stdout.splitlines() if ln.startswith("TTR ")]
   if not line:
     raise SystemExit(f"no TTR line from {' '.join(cmd)} (log {log})")
