@@ -21,9 +21,11 @@ def quiet_late_read_callbacks() -> None:
   fails (a damaged file), orbax closes its event loop while tensorstore still
   completes the other reads of that restore, and each completion's callback
   raises ``RuntimeError('Event loop is closed')`` in a tensorstore thread,
-  which reports it through ``sys.unraisablehook`` as a bare traceback. The
-  failed read's own error already became the one-line message; every other
-  unraisable exception is still reported."""
+  which reports it through ``sys.unraisablehook`` as a bare traceback; a
+  second read that fails in the same restore leaves its task's exception
+  unretrieved, which asyncio logs with a traceback. The failed read's own
+  error already became the one-line message; every other unraisable
+  exception and asyncio error is still reported."""
   previous = sys.unraisablehook
 
   def hook(unraisable) -> None:
@@ -33,3 +35,11 @@ def quiet_late_read_callbacks() -> None:
     previous(unraisable)
 
   sys.unraisablehook = hook
+
+  def unretrieved_read_error(record: std_logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (str(record.msg).startswith("Task exception was never "
+                                           "retrieved")
+                and exc is not None and "Error reading" in str(exc))
+
+  std_logging.getLogger("asyncio").addFilter(unretrieved_read_error)
